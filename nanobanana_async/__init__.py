@@ -1,0 +1,116 @@
+"""An asyncio-first client for the Nano Banana image API.
+
+```python
+import nanobanana_async as nb
+
+async with nb.Client() as client:
+    result = await client.generate("a banana cat", model="nano-banana")
+    await result.images[0].save("cat.png")
+```
+"""
+
+from __future__ import annotations
+
+from ._client import Client
+from ._config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_POLL_JITTER,
+    DEFAULT_POLL_MAX_INTERVAL,
+    DEFAULT_POLL_MIN_INTERVAL,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_ATTEMPTS,
+    DEFAULT_RETRY_DEADLINE,
+    DEFAULT_RETRY_INITIAL_BACKOFF,
+    DEFAULT_RETRY_MAX_BACKOFF,
+    DEFAULT_TASK_TIMEOUT,
+    PollPolicy,
+    RetryEvent,
+    RetryPolicy,
+    Timeouts,
+)
+from ._errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    BudgetExceededError,
+    ClientClosedError,
+    ClientStateError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    NanoBananaError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    SubmitUncertainError,
+    TaskError,
+    TaskFailedError,
+    TaskTimeoutError,
+    TransportError,
+)
+from ._inputs import MODEL_COSTS
+from ._limiter import BaseLimiter, Lease, Limiter
+from ._models import (
+    GeneratedImage,
+    GenerationRequest,
+    ImageInput,
+    TaskResult,
+    TaskSnapshot,
+    TaskStatus,
+)
+from ._task import Task
+from ._version import __version__
+
+__all__ = [
+    "APIStatusError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BaseLimiter",
+    "BudgetExceededError",
+    "Client",
+    "ClientClosedError",
+    "ClientStateError",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DOWNLOAD_TIMEOUT",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "DEFAULT_POLL_JITTER",
+    "DEFAULT_POLL_MAX_INTERVAL",
+    "DEFAULT_POLL_MIN_INTERVAL",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_RETRY_ATTEMPTS",
+    "DEFAULT_RETRY_DEADLINE",
+    "DEFAULT_RETRY_INITIAL_BACKOFF",
+    "DEFAULT_RETRY_MAX_BACKOFF",
+    "DEFAULT_TASK_TIMEOUT",
+    "GeneratedImage",
+    "GenerationRequest",
+    "ImageInput",
+    "InsufficientCreditsError",
+    "InvalidRequestError",
+    "Lease",
+    "Limiter",
+    "MODEL_COSTS",
+    "NanoBananaError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "ProtocolError",
+    "RateLimitError",
+    "RetryEvent",
+    "RetryPolicy",
+    "ServerError",
+    "SubmitUncertainError",
+    "Task",
+    "TaskError",
+    "TaskFailedError",
+    "TaskResult",
+    "TaskSnapshot",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "Timeouts",
+    "TransportError",
+    "__version__",
+]

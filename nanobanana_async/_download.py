@@ -1,0 +1,127 @@
+"""Downloading generated images: streamed, size-capped, written atomically."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+import aiohttp
+import anyio
+import yarl
+
+from ._errors import NanoBananaError, ProtocolError
+from ._inputs import extension_for, sniff_image_type
+from ._transport import NETWORK_ERRORS, describe
+from ._wire import decode_answer
+
+if TYPE_CHECKING:
+    from ._models import GeneratedImage
+
+_CHUNK = 256 * 1024
+_SAME_SUFFIXES = {".jpeg": ".jpg", ".jpg": ".jpg", ".heif": ".heif", ".heic": ".heic"}
+
+
+class Downloader:
+    """Reads and saves generated images through the client's aiohttp session.
+
+    The API key is never sent with a download: result URLs are public links, often on another host.
+    """
+
+    def __init__(
+        self,
+        session: Callable[[], aiohttp.ClientSession],
+        *,
+        timeout: float | None,
+        max_bytes: int,
+    ) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_bytes = max_bytes
+
+    async def read(self, image: GeneratedImage) -> bytes:
+        """Return the image's bytes."""
+        chunks: list[bytes] = []
+        async for chunk, _ in self._stream(image):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def save(self, image: GeneratedImage, path: str | os.PathLike[str]) -> Path:
+        """Write the image to *path* atomically and return the path written.
+
+        A directory (existing, or a path ending in a separator) gets the URL's file name. The suffix
+        is set from the content type (`out` becomes `out.png`; `out.jpg` holding a PNG becomes
+        `out.png`).
+        """
+        wanted = Path(path)
+        is_dir = await anyio.Path(wanted).is_dir() or str(path).endswith(("/", os.sep))
+        target: Path | None = None
+        tmp: Path | None = None
+        handle: anyio.AsyncFile[bytes] | None = None
+        try:
+            async for chunk, content_type in self._stream(image):
+                if handle is None:
+                    suffix = extension_for(content_type) or extension_for(
+                        sniff_image_type(chunk[:32]) or ""
+                    )
+                    target = _target(wanted, is_dir, image.url, suffix)
+                    await anyio.Path(target.parent).mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+                    handle = await anyio.open_file(tmp, "wb")
+                await handle.write(chunk)
+            if handle is None or target is None or tmp is None:
+                raise ProtocolError(f"the image at {image.url} is empty")
+            await handle.aclose()
+            handle = None
+            await anyio.to_thread.run_sync(os.replace, tmp, target)
+            tmp = None
+            return target
+        finally:
+            if handle is not None:
+                await handle.aclose()
+            if tmp is not None:
+                await anyio.Path(tmp).unlink(missing_ok=True)
+
+    async def _stream(self, image: GeneratedImage):  # type: ignore[no-untyped-def]
+        url = yarl.URL(image.url)
+        if url.scheme not in ("http", "https"):
+            raise ProtocolError(f"result URL is not http(s): {image.url[:100]!r}")
+        total = 0
+        try:
+            async with self._session().get(url, timeout=self._timeout) as response:
+                if response.status >= 300:
+                    body = await response.content.read(2048)
+                    decode_answer(response.status, body)  # raises the typed error
+                    raise ProtocolError("unexpected download answer", status=response.status)
+                content_type = response.headers.get("Content-Type", "")
+                async for chunk in response.content.iter_chunked(_CHUNK):
+                    total += len(chunk)
+                    if total > self._max_bytes:
+                        raise ProtocolError(
+                            f"the image at {image.url[:100]} is larger than {self._max_bytes} bytes"
+                        )
+                    yield chunk, content_type
+        except NanoBananaError:
+            raise
+        except NETWORK_ERRORS as exc:
+            from ._errors import TransportError
+
+            raise TransportError(f"download of {image.url[:100]} failed: {describe(exc)}") from exc
+
+
+def _target(wanted: Path, is_dir: bool, url: str, suffix: str | None) -> Path:
+    if is_dir:
+        name = PurePosixPath(yarl.URL(url).path).name or "image"
+        target = wanted / name
+    else:
+        target = wanted
+    if suffix is None:
+        return target
+    current = target.suffix.lower()
+    if _SAME_SUFFIXES.get(current, current) == _SAME_SUFFIXES.get(suffix, suffix):
+        return target
+    if current in (".png", ".jpg", ".jpeg", ".webp", ".heic", ".heif"):
+        return target.with_suffix(suffix)
+    return target.with_name(target.name + suffix)

@@ -1,0 +1,183 @@
+"""The error tree; every exception this library raises is a `NanoBananaError`.
+
+```
+NanoBananaError
+├── InvalidRequestError (also ValueError)   bad input caught before any request; nothing sent
+├── ClientStateError (also RuntimeError)    the client is closed, or used from another event loop
+│   └── ClientClosedError
+├── TransportError                          network failure, after retries
+├── ProtocolError                           a body we cannot read; carries an excerpt
+├── SubmitUncertainError                    a create may have reached the server
+├── BudgetExceededError                     a submit would pass the credit budget; nothing sent
+├── APIStatusError (.status, .body)
+│   ├── BadRequestError 400   ├── AuthenticationError 401   ├── InsufficientCreditsError 402
+│   ├── PermissionDeniedError 403   ├── NotFoundError 404
+│   ├── RateLimitError 429 (.retry_after)   └── ServerError 5xx
+└── TaskError (.task_id)
+    ├── TaskFailedError (.snapshot, .failure_reason)
+    └── TaskTimeoutError (also TimeoutError)
+```
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._models import GenerationRequest, TaskSnapshot
+
+#: How much of an unreadable or error body an exception carries.
+EXCERPT_LIMIT = 300
+
+
+def excerpt(body: bytes | str, limit: int = EXCERPT_LIMIT) -> str:
+    """Return the start of *body* as printable text, for error messages."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class NanoBananaError(Exception):
+    """Raised for every failure of this library; the root of the error tree."""
+
+
+class InvalidRequestError(NanoBananaError, ValueError):
+    """Raised when input breaks a rule of the API before anything is sent.
+
+    Nothing was sent and nothing was spent. `field` names the offending field.
+    """
+
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+
+
+class ClientStateError(NanoBananaError, RuntimeError):
+    """Raised when the client is used after it closed or from another event loop."""
+
+
+class ClientClosedError(ClientStateError):
+    """Raised when a closed client is used, or to waiters woken by its closing."""
+
+
+class TransportError(NanoBananaError):
+    """Raised when the network failed and retries (where safe) did not help."""
+
+
+class ProtocolError(NanoBananaError):
+    """Raised when the server's answer cannot be read as the API describes.
+
+    `excerpt` holds the start of the body, `status` the HTTP status.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, body: bytes | str = b"") -> None:
+        self.status = status
+        self.excerpt = excerpt(body)
+        detail = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"{message}{detail}: {self.excerpt!r}" if body else f"{message}{detail}")
+
+
+class SubmitUncertainError(NanoBananaError):
+    """Raised when a create may have reached the server but its answer did not reach us.
+
+    It was not re-sent, because the API has no idempotency key and a second create would be charged
+    again. `request` is the request that may or may not have become a task.
+    """
+
+    def __init__(self, request: GenerationRequest, cause: BaseException) -> None:
+        super().__init__(
+            f"the create for prompt {request.prompt[:40]!r} may have reached the server and been "
+            f"charged, but its answer was lost ({type(cause).__name__}: {cause}); not re-sent"
+        )
+        self.request = request
+
+
+class BudgetExceededError(NanoBananaError):
+    """Raised when a submit would pass the credit budget; nothing was sent."""
+
+    def __init__(self, cost: int, spent: int, budget: int) -> None:
+        super().__init__(
+            f"a create costing {cost} credits would pass the budget of {budget} "
+            f"({spent} already spent or reserved)"
+        )
+        self.cost = cost
+        self.spent = spent
+        self.budget = budget
+
+
+class APIStatusError(NanoBananaError):
+    """Raised when the API answers with an error status (or an error body with HTTP 200).
+
+    `status` is the HTTP status (or the status the body's code stands for), `body` the parsed body
+    (a dict for JSON, else an excerpt string), `message` the server's own words.
+    """
+
+    def __init__(self, message: str, *, status: int, body: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.body = body
+        self.message = message
+
+
+class BadRequestError(APIStatusError):
+    """Raised when the API rejects a request as invalid (HTTP 400)."""
+
+
+class AuthenticationError(APIStatusError):
+    """Raised when the API key is missing or wrong (HTTP 401)."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """Raised when the key's balance does not cover the create (HTTP 402, or code -1)."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """Raised when the key may not do this (HTTP 403)."""
+
+
+class NotFoundError(APIStatusError):
+    """Raised when the task id is unknown to the API (HTTP 404)."""
+
+
+class RateLimitError(APIStatusError):
+    """Raised when the API asks us to slow down (HTTP 429) and retries ran out.
+
+    `retry_after` is the hinted wait in seconds, or None.
+    """
+
+    def __init__(
+        self, message: str, *, status: int = 429, body: Any = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status, body=body)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """Raised when the API fails on its side (HTTP 5xx) and retries ran out."""
+
+
+class TaskError(NanoBananaError):
+    """Raised when a task cannot deliver its result; `task_id` names it."""
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskFailedError(TaskError):
+    """Raised when a task ended with status `failed` (its credits are refunded by the service).
+
+    `failure_reason` is the service's reason (`error` is the one worth retrying).
+    """
+
+    def __init__(self, snapshot: TaskSnapshot) -> None:
+        reason = snapshot.failure_reason or "unknown"
+        detail = f": {snapshot.error}" if snapshot.error else ""
+        super().__init__(f"task {snapshot.id} failed ({reason}){detail}", task_id=snapshot.id)
+        self.snapshot = snapshot
+        self.failure_reason = snapshot.failure_reason
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """Raised when a task is not done within the time allowed; the task may still finish."""

@@ -1,0 +1,145 @@
+"""Value types of the public API."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Protocol, Union
+
+import attrs
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+#: A reference image: a path, raw bytes, a binary file object, or an http(s) or `data:` URL.
+ImageInput: TypeAlias = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
+
+#: The model used when none is named.
+DEFAULT_MODEL = "nano-banana"
+DEFAULT_ASPECT_RATIO = "auto"
+DEFAULT_IMAGE_SIZE = "1K"
+
+
+class TaskStatus(str, enum.Enum):
+    """The status of a generation task."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task will not change any more."""
+        return self is not TaskStatus.RUNNING
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _images_tuple(value: Iterable[ImageInput] | ImageInput | None) -> tuple[ImageInput, ...]:
+    # One path, URL or bytes given alone is a single reference, not an iterable of characters.
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes, os.PathLike)) or hasattr(value, "read"):
+        return (value,)  # type: ignore[return-value]
+    return tuple(value)
+
+
+@attrs.frozen(kw_only=True)
+class GenerationRequest:
+    """One image generation to submit; checked against the API's rules when built.
+
+    `images` are references (paths, bytes, binary file objects, http(s) or `data:` URLs); giving any
+    makes the request image-to-image.
+    """
+
+    prompt: str
+    model: str = DEFAULT_MODEL
+    aspect_ratio: str = DEFAULT_ASPECT_RATIO
+    image_size: str = DEFAULT_IMAGE_SIZE
+    images: tuple[ImageInput, ...] = attrs.field(default=(), converter=_images_tuple)
+
+    def __attrs_post_init__(self) -> None:
+        from ._inputs import check_request
+
+        check_request(self)
+
+    @property
+    def mode(self) -> str:
+        """`image-to-image` when references are given, else `text-to-image`."""
+        return "image-to-image" if self.images else "text-to-image"
+
+
+class _ImageFetcher(Protocol):
+    async def read(self, image: GeneratedImage) -> bytes: ...
+
+    async def save(self, image: GeneratedImage, path: str | os.PathLike[str]) -> Path: ...
+
+
+@attrs.frozen(kw_only=True)
+class GeneratedImage:
+    """One generated image: its (expiring) `url` and the service's `content` text.
+
+    `read()` and `save()` download it through the client that saw it.
+    """
+
+    url: str
+    content: str | None = None
+    _fetcher: _ImageFetcher | None = attrs.field(default=None, eq=False, repr=False)
+
+    def _bound(self) -> _ImageFetcher:
+        if self._fetcher is None:
+            from ._errors import ClientStateError
+
+            raise ClientStateError(
+                "this GeneratedImage is not bound to a client; use client.download(image)"
+            )
+        return self._fetcher
+
+    async def read(self) -> bytes:
+        """Download the image and return its bytes."""
+        return await self._bound().read(self)
+
+    async def save(self, path: str | os.PathLike[str]) -> Path:
+        """Download the image to *path* atomically; return the path written.
+
+        A directory gets a file named after the URL; the suffix follows the content type.
+        """
+        return await self._bound().save(self, path)
+
+
+@attrs.frozen(kw_only=True)
+class TaskSnapshot:
+    """What the API said about a task at one poll."""
+
+    id: str
+    status: TaskStatus
+    progress: int = 0
+    results: tuple[GeneratedImage, ...] = ()
+    failure_reason: str | None = None
+    error: str | None = None
+    credits_cost: int | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task succeeded or failed."""
+        return self.status is not TaskStatus.RUNNING
+
+
+@attrs.frozen(kw_only=True)
+class TaskResult:
+    """A succeeded task: its images, its cost and the final snapshot."""
+
+    task_id: str
+    images: tuple[GeneratedImage, ...]
+    snapshot: TaskSnapshot
+    credits_cost: int | None = None
+
+    async def save_all(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Save every image into *directory* as `<task id>-<n>.<ext>`; return the paths."""
+        folder = Path(directory)
+        return [
+            await image.save(folder / f"{self.task_id}-{n}") for n, image in enumerate(self.images)
+        ]

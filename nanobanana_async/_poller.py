@@ -1,0 +1,205 @@
+"""One poll scheduler per client: a heap of due times, and the adaptive poll timing."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from ._config import PollPolicy
+
+if TYPE_CHECKING:
+    from ._task import _TaskState
+
+#: Typical durations in API seconds by model and image size (API.md §3), used until some are seen.
+_TYPICAL: dict[tuple[str, str], tuple[float, float]] = {
+    ("nano-banana-fast", "1K"): (4.0, 10.0),
+    ("nano-banana", "1K"): (8.0, 20.0),
+    ("nano-banana-pro", "1K"): (15.0, 20.0),
+    ("nano-banana-pro", "2K"): (30.0, 40.0),
+    ("nano-banana-pro", "4K"): (50.0, 70.0),
+}
+_UNKNOWN = (4.0, 20.0)
+#: While progress says nothing, poll after this fraction of the time already waited.
+_BACKOFF_FRACTION = 0.06
+#: First polls land this early relative to the fastest duration expected.
+_EARLY = 0.9
+
+
+def typical_duration(model: str | None, image_size: str | None) -> tuple[float, float]:
+    """Return the (low, high) typical duration in API seconds for a model and image size."""
+    if model is None:
+        return _UNKNOWN
+    found = _TYPICAL.get((model, image_size or "1K"))
+    if found is None:
+        found = _TYPICAL.get((model, "1K"), _UNKNOWN)
+        if image_size == "2K":
+            found = (found[0] * 1.25, found[1] * 1.25)
+        elif image_size == "4K":
+            found = (found[0] * 1.5, found[1] * 1.5)
+    return found
+
+
+class DurationStats:
+    """Durations (real seconds) this client observed, per model and image size."""
+
+    def __init__(self, keep: int = 32) -> None:
+        self._keep = keep
+        self._seen: dict[tuple[str | None, str | None], deque[float]] = {}
+
+    def add(self, model: str | None, image_size: str | None, seconds: float) -> None:
+        """Record a task that took *seconds* from submit to its first terminal poll."""
+        key = (model, image_size)
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = deque(maxlen=self._keep)
+        seen.append(seconds)
+
+    def low(self, model: str | None, image_size: str | None) -> float | None:
+        """Return the shortest recent duration, once at least three were seen, else None."""
+        seen = self._seen.get((model, image_size))
+        if seen is None or len(seen) < 3:
+            return None
+        return min(seen)
+
+
+class PollTimer:
+    """Decides when to poll next, from progress, observed durations and `PollPolicy`."""
+
+    def __init__(self, policy: PollPolicy, stats: DurationStats, rng: random.Random) -> None:
+        self.policy = policy
+        self.stats = stats
+        self._rng = rng
+        self._lo = policy.min_interval / policy.speed
+        self._hi = policy.max_interval / policy.speed
+
+    def _expected_low(self, state: _TaskState) -> float:
+        observed = self.stats.low(state.model, state.image_size)
+        if observed is not None:
+            return observed
+        return typical_duration(state.model, state.image_size)[0] / self.policy.speed
+
+    def first_delay(self, state: _TaskState) -> float:
+        """Seconds from submit to the first poll."""
+        if self.policy.initial_delay is not None:
+            return self.policy.initial_delay / self.policy.speed
+        if state.model is None:  # attached by id: we know nothing, look now
+            return 0.0
+        return max(self._lo, _EARLY * self._expected_low(state))
+
+    def next_delay(self, state: _TaskState, now: float) -> float:
+        """Seconds from *now* (just after a poll of a running task) to the next poll."""
+        lo, hi = self._lo, self._hi
+        elapsed = now - state.submitted_at
+        progress = state.snapshot.progress
+        if 0 < progress < 100:
+            # The upper estimate of the finishing time: progress p means p <= true < p + 1, and
+            # polling at the latest finish the rate allows is never early by more than a step.
+            t0, p0 = state.first_progress
+            if now > t0 and progress > p0:
+                rate = (progress - p0) / (now - t0)
+            else:
+                rate = progress / max(elapsed, 1e-9)
+            delay = (100 - progress) / rate
+            delay = min(hi, max(lo, delay))
+            return delay * (1.0 + self._rng.uniform(0.0, self.policy.jitter / 4))
+        expected = self._expected_low(state) * _EARLY - elapsed
+        if progress == 0 and expected > lo:
+            delay = min(hi, expected)
+        else:
+            delay = min(hi, max(lo, _BACKOFF_FRACTION * elapsed))
+        return delay * (1.0 + self._rng.uniform(-self.policy.jitter, self.policy.jitter))
+
+
+class PollScheduler:
+    """Polls every tracked task when it comes due, a bounded number at once, in due order.
+
+    One heap of `(due, seq, state, generation)`; a stale entry (the task was rescheduled or ended)
+    is skipped when it surfaces. A single timer wakes the runner for the earliest due time.
+    """
+
+    def __init__(self, poll: Callable[[_TaskState], Awaitable[None]], concurrency: int) -> None:
+        self._poll = poll
+        self._heap: list[tuple[float, int, _TaskState, int]] = []
+        self._seq = itertools.count()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._wakeup = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = float("inf")
+        self._runner: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def schedule(self, state: _TaskState, due: float) -> None:
+        """Poll *state* at loop time *due* (replacing any earlier plan for it)."""
+        state.poll_generation += 1
+        heapq.heappush(self._heap, (due, next(self._seq), state, state.poll_generation))
+        if self._runner is None:
+            self._loop = asyncio.get_running_loop()
+            self._runner = self._loop.create_task(self._run(), name="nanobanana-poller")
+        elif due < self._timer_due:
+            self._arm(due)
+
+    def _arm(self, due: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self._loop.call_at(due, self._wakeup.set)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        while True:
+            if not heap:
+                self._timer_due = float("inf")
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            due, _, state, generation = heap[0]
+            if generation != state.poll_generation or state.done:
+                heapq.heappop(heap)
+                continue
+            if due > loop.time():
+                self._arm(due)
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            # The heap may have changed while we waited for a slot: take its current head.
+            due, _, state, generation = heapq.heappop(heap)
+            if generation != state.poll_generation or state.done or due > loop.time():
+                self._slots.release()
+                if due > loop.time() and generation == state.poll_generation and not state.done:
+                    heapq.heappush(heap, (due, next(self._seq), state, generation))
+                continue
+            task = loop.create_task(self._one(state))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _one(self, state: _TaskState) -> None:
+        try:
+            await self._poll(state)
+        finally:
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        """Stop polling: cancel the runner and every poll in flight, and wait for them."""
+        if self._timer is not None:
+            self._timer.cancel()
+        pending = list(self._inflight)
+        if self._runner is not None:
+            pending.append(self._runner)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._heap.clear()
+        self._runner = None

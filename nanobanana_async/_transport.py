@@ -1,0 +1,150 @@
+"""HTTP transport: the aiohttp session, auth, timeouts, logging, and error classification."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_module
+import time
+from typing import Any
+
+import aiohttp
+import yarl
+
+from ._config import Timeouts
+from ._errors import TransportError
+
+logger = logging.getLogger("nanobanana_async")
+
+#: Failures that prove a request never left: no connection was made.
+NOT_SENT_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+)
+#: Failures we never retry even when nothing left (a retry cannot help).
+HOPELESS_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorCertificateError,
+    aiohttp.ClientConnectorSSLError,
+    aiohttp.InvalidURL,
+)
+#: Every network-level failure an exchange can raise.
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+def describe(exc: BaseException) -> str:
+    """Return a short text for a network failure (aiohttp's texts can be empty)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Transport:
+    """Sends requests to one base URL with one key; knows nothing of retries or tasks."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeouts: Timeouts,
+        max_connections: int,
+        session: aiohttp.ClientSession | None,
+        proxy: str | None,
+        ssl: ssl_module.SSLContext | bool | None,
+    ) -> None:
+        self.base_url = yarl.URL(base_url.rstrip("/"))
+        self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._json_headers = {**self._auth, "Content-Type": "application/json"}
+        self._api_key = api_key
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self._session = session
+        self._owns_session = session is None
+        self._proxy = proxy
+        self._ssl = ssl
+        self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
+        # Our own bound on exchanges in flight, equal to the connector's: a request never queues
+        # inside aiohttp's pool, where the wait would count against its timeout.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._urls: dict[str, yarl.URL] = {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session, made on first use (it must be made inside the event loop)."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                ssl=self._ssl if self._ssl is not None else True,
+                ttl_dns_cache=300,
+            )
+            # trust_env: HTTP(S)_PROXY, NO_PROXY and netrc from the environment, as httpx does.
+            self._session = aiohttp.ClientSession(
+                connector=connector, trust_env=True, proxy=self._proxy
+            )
+        return self._session
+
+    def redact(self, text: str) -> str:
+        """Remove the API key from *text* (servers sometimes echo headers back)."""
+        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+
+    def url(self, path: str) -> yarl.URL:
+        """Return the absolute URL of an API path."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = self.base_url.with_path(self.base_url.path.rstrip("/") + path)
+        return url
+
+    async def post(
+        self, path: str, *, data: Any = None, json_body: bytes | None = None, task_id: str | None
+    ) -> tuple[int, bytes, str | None]:
+        """POST to an API path; return status, body and the Retry-After header.
+
+        Raises the network error of aiohttp (classified by the caller) unchanged.
+        """
+        url = self.url(path)
+        headers = self._auth if json_body is None else self._json_headers
+        async with self._slots:
+            started = time.perf_counter()
+            try:
+                async with self.session.post(
+                    url,
+                    data=data if json_body is None else json_body,
+                    headers=headers,
+                    timeout=self._timeout,
+                    ssl=self._ssl if self._ssl is not None else True,
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("Retry-After")
+            except NETWORK_ERRORS as exc:
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "POST %s failed after %.1f ms (task %s): %s",
+                        path,
+                        (time.perf_counter() - started) * 1000,
+                        task_id,
+                        self.redact(describe(exc)),
+                    )
+                raise
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "POST %s -> %d in %.1f ms (task %s)",
+                path,
+                status,
+                (time.perf_counter() - started) * 1000,
+                task_id,
+            )
+        return status, body, retry_after
+
+    def network_error(self, exc: BaseException, what: str) -> TransportError:
+        """Wrap a network failure as a `TransportError` whose text holds no secret."""
+        return TransportError(f"{what} failed: {self.redact(describe(exc))}")
+
+    async def aclose(self) -> None:
+        """Close the session if this transport made it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None

@@ -1,0 +1,348 @@
+"""The wire format: request bodies out, envelopes and error shapes in. Wire names live only here."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
+from cattrs.preconf.json import make_converter
+
+from ._errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    InsufficientCreditsError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    excerpt,
+)
+from ._inputs import DataRef, FileRef, Reference, UrlRef
+from ._models import GeneratedImage, GenerationRequest, TaskSnapshot, TaskStatus
+
+CREATE_PATH = "/api/v1/image/nano-banana"
+RESULT_PATH = "/api/v1/image/nano-banana/result"
+
+_STATUS_ALIASES = {
+    "running": TaskStatus.RUNNING,
+    "pending": TaskStatus.RUNNING,
+    "queued": TaskStatus.RUNNING,
+    "processing": TaskStatus.RUNNING,
+    "in_progress": TaskStatus.RUNNING,
+    "submitted": TaskStatus.RUNNING,
+    "succeeded": TaskStatus.SUCCEEDED,
+    "success": TaskStatus.SUCCEEDED,
+    "completed": TaskStatus.SUCCEEDED,
+    "failed": TaskStatus.FAILED,
+    "failure": TaskStatus.FAILED,
+    "error": TaskStatus.FAILED,
+}
+_SUCCESS_CODES = (0, 200)
+_ERROR_KEYS = ("error", "message", "msg", "detail", "error_message", "errorMessage")
+_RETRY_KEYS = ("retry_after", "retryAfter", "retry_after_seconds")
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+# --- requests ------------------------------------------------------------------------------------
+
+
+def create_form(
+    request: GenerationRequest, references: list[Reference]
+) -> tuple[aiohttp.FormData, list[IO[bytes]]]:
+    """Build the multipart create body the provider's curl example sends; return it and open files.
+
+    File parts are streamed from disk by aiohttp; the caller closes the returned files.
+    """
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("prompt", request.prompt)
+    form.add_field("model", request.model)
+    form.add_field("mode", request.mode)
+    form.add_field("aspectRatio", request.aspect_ratio)
+    form.add_field("imageSize", request.image_size)
+    opened: list[IO[bytes]] = []
+    for ref in references:
+        if isinstance(ref, FileRef):
+            source = ref.source
+            stream: IO[bytes] | bytes
+            if isinstance(source, Path):
+                stream = source.open("rb")
+                opened.append(stream)
+            else:
+                stream = source
+            form.add_field(
+                "imageFile", stream, filename=ref.filename, content_type=ref.content_type
+            )
+    for ref in references:
+        if isinstance(ref, UrlRef):
+            form.add_field("imageUrl", ref.url)
+    for ref in references:
+        if isinstance(ref, DataRef):
+            form.add_field("imageData", ref.data_url)
+    return form, opened
+
+
+def result_body(task_id: str) -> bytes:
+    """Return the JSON body of a result poll."""
+    return json.dumps({"taskId": task_id}).encode()
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: object, now: Callable[[], float] = time.time) -> float | None:
+    """Return the seconds a `Retry-After` value (seconds or an HTTP date) asks to wait, or None."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                return None
+            seconds = when.timestamp() - now()
+    else:
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _message_of(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        for key in _ERROR_KEYS:
+            value = obj.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+            if isinstance(value, dict):
+                inner = _message_of(value)
+                if inner:
+                    return inner
+    return None
+
+
+def _code_of(obj: dict[str, Any]) -> int | None:
+    code = obj.get("code")
+    if code is None and isinstance(obj.get("error"), dict):
+        code = obj["error"].get("code")
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str):
+        try:
+            return int(code.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _retry_hint(obj: Any) -> float | None:
+    if isinstance(obj, dict):
+        for key in _RETRY_KEYS:
+            if key in obj:
+                return parse_retry_after(obj[key])
+        inner = obj.get("error")
+        if isinstance(inner, dict):
+            return _retry_hint(inner)
+    return None
+
+
+def _status_for_body_error(code: int | None, message: str) -> int:
+    if code is not None and 400 <= code <= 599:
+        return code
+    lowered = message.lower()
+    if "credit" in lowered or "balance" in lowered or "insufficient" in lowered:
+        return 402
+    if "unauthor" in lowered or "api key" in lowered or "token" in lowered:
+        return 401
+    if "not found" in lowered:
+        return 404
+    if "rate" in lowered or "too many" in lowered:
+        return 429
+    return 400
+
+
+def api_error(
+    status: int, message: str, body: Any, retry_after: float | None = None
+) -> APIStatusError:
+    """Return the typed error for an error answer."""
+    if status == 429:
+        return RateLimitError(message, status=status, body=body, retry_after=retry_after)
+    cls: type[APIStatusError] = {
+        400: BadRequestError,
+        401: AuthenticationError,
+        402: InsufficientCreditsError,
+        403: PermissionDeniedError,
+        404: NotFoundError,
+    }.get(status, ServerError if status >= 500 else APIStatusError)
+    return cls(message, status=status, body=body)
+
+
+def decode_answer(
+    status: int, body: bytes, retry_after_header: str | None = None
+) -> dict[str, Any]:
+    """Return the task object of an answer, or raise its typed error.
+
+    Handles `{"data": ...}`, `{"code", "msg", "data"}`, a bare task object, and every error shape of
+    API.md (`error`, `message`, `code`+`msg`, `success: false`, plain text, HTML), on any status.
+    """
+    try:
+        parsed: Any = json.loads(body) if body.strip()[:1] in (b"{", b"[") else None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        parsed = None
+    if 200 <= status < 300:
+        if not isinstance(parsed, dict):
+            raise ProtocolError("the answer is not a JSON object", status=status, body=body)
+        code = _code_of(parsed)
+        failed = parsed.get("success") is False or (code is not None and code not in _SUCCESS_CODES)
+        if failed:
+            message = _message_of(parsed) or f"error code {code}"
+            error_status = _status_for_body_error(code, message)
+            raise api_error(error_status, message, parsed, _retry_hint(parsed))
+        data = parsed.get("data", parsed if "status" in parsed else None)
+        if not isinstance(data, dict):
+            raise ProtocolError("the answer holds no task object", status=status, body=body)
+        return data
+    if parsed is not None:
+        message = _message_of(parsed) or excerpt(body)
+        hint = _retry_hint(parsed)
+        shown: Any = parsed
+    else:
+        title = _TITLE.search(body)
+        message = excerpt(title.group(1) if title else body) or f"HTTP {status}"
+        hint = None
+        shown = excerpt(body)
+    retry_after = parse_retry_after(retry_after_header)
+    return_error = api_error(
+        status, message, shown, retry_after if retry_after is not None else hint
+    )
+    raise return_error
+
+
+# --- snapshots -----------------------------------------------------------------------------------
+
+
+def _id_hook(value: Any, _: Any) -> str:
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise TypeError(f"bad task id {value!r}")
+
+
+def _status_hook(value: Any, _: Any) -> TaskStatus:
+    if isinstance(value, str):
+        status = _STATUS_ALIASES.get(value.strip().lower())
+        if status is not None:
+            return status
+    raise ValueError(f"unknown status {value!r}")
+
+
+def _progress_hook(value: Any, _: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        value = float(value.strip().rstrip("%"))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"bad progress {value!r}")
+    return min(100, max(0, int(value)))
+
+
+def _text_hook(value: Any, _: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    # Relatives put objects here ({"code": ..., "message": ...}); keep them readable.
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)[:500]
+
+
+def _cost_hook(value: Any, _: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"bad credits_cost {value!r}")
+    return int(value)
+
+
+def _image_hook(value: Any) -> GeneratedImage:
+    if isinstance(value, str) and value:
+        return GeneratedImage(url=value)
+    if isinstance(value, dict):
+        url = value.get("url")
+        if isinstance(url, str) and url:
+            return GeneratedImage(url=url, content=_text_hook(value.get("content"), None))
+    raise TypeError(f"bad result item {value!r}")
+
+
+def _results_hook(value: Any, _: Any) -> tuple[GeneratedImage, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return tuple(_image_hook(item) for item in value)
+    raise TypeError(f"bad results {value!r}")
+
+
+_converter = make_converter(detailed_validation=False, forbid_extra_keys=False)
+_structure_snapshot = make_dict_structure_fn(
+    TaskSnapshot,
+    _converter,
+    id=override(struct_hook=_id_hook),
+    status=override(struct_hook=_status_hook),
+    progress=override(struct_hook=_progress_hook),
+    results=override(struct_hook=_results_hook),
+    failure_reason=override(struct_hook=_text_hook),
+    error=override(struct_hook=_text_hook),
+    credits_cost=override(struct_hook=_cost_hook),
+)
+
+
+def structure_snapshot(
+    data: dict[str, Any], *, task_id: str | None = None, body: bytes = b""
+) -> TaskSnapshot:
+    """Build a `TaskSnapshot` from a task object; *task_id* fills a missing id."""
+    if task_id is not None and "id" not in data:
+        data = {**data, "id": task_id}
+    try:
+        snapshot = _structure_snapshot(data, TaskSnapshot)
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError(f"unreadable task object ({exc})", body=body or repr(data)) from exc
+    if snapshot.status is TaskStatus.SUCCEEDED and snapshot.progress != 100:
+        snapshot = attrs.evolve(snapshot, progress=100)
+    return snapshot
+
+
+def decode_snapshot(
+    status: int, body: bytes, *, task_id: str | None = None, retry_after: str | None = None
+) -> TaskSnapshot:
+    """Decode a create or result answer into a snapshot, or raise its typed error."""
+    return structure_snapshot(decode_answer(status, body, retry_after), task_id=task_id, body=body)
+
+
+def unstructure(value: Any) -> Any:
+    """Unstructure an attrs value with the private converter (for journals and `--json`)."""
+    return _converter.unstructure(value)
+
+
+def structure(value: Any, cls: type[Any]) -> Any:
+    """Structure *value* into *cls* with the private converter."""
+    return _converter.structure(value, cls)
