@@ -1,0 +1,1 @@
+"""Tests of the Nano Banana emulator (``nanobanana_async.testing``), over real HTTP."""
