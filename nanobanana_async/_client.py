@@ -7,10 +7,10 @@ import os
 import random
 import ssl as ssl_module
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, overload
 
 import aiohttp
 import anyio
@@ -23,6 +23,7 @@ from ._config import (
     RetryPolicy,
     Timeouts,
 )
+from ._credits import CreditLedger, CreditUsage
 from ._download import Downloader
 from ._errors import (
     APIStatusError,
@@ -36,6 +37,7 @@ from ._errors import (
     SubmitUncertainError,
     TaskTimeoutError,
 )
+from ._fanout import Requests, fan_out
 from ._inputs import resolve_references
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
@@ -58,6 +60,8 @@ from ._wire import structure_snapshot as _structure
 DEFAULT_BASE_URL = "https://nanobananapro.cloud"
 DEFAULT_MAX_CONCURRENCY = 8
 DEFAULT_MAX_CONNECTIONS = 64
+#: Requests held at once by fan-out when the limiter has no concurrency limit.
+DEFAULT_FANOUT_WINDOW = 128
 API_KEY_ENV = "NANOBANANA_API_KEY"
 BASE_URL_ENV = "NANOBANANA_BASE_URL"
 
@@ -76,6 +80,14 @@ class _Retry(Exception):
         self.pause = pause
 
 
+@attrs.frozen
+class _Claim:
+    """What a create holds before it is sent: a limiter slot and a credit reservation."""
+
+    lease: Lease
+    reserved: int
+
+
 class Client:
     """An asyncio session with the Nano Banana API.
 
@@ -92,6 +104,7 @@ class Client:
         ssl: An `ssl.SSLContext`, or False to skip verification; default: system CAs.
         max_connections: Size of the HTTP connection pool.
         max_download_bytes: Largest image a download accepts.
+        max_credits: A budget: a submit that could pass it raises `BudgetExceededError` unsent.
         seed: Seeds the jitter of polls and retries (for reproducible tests).
     """
 
@@ -110,6 +123,7 @@ class Client:
         ssl: ssl_module.SSLContext | bool | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        max_credits: int | None = None,
         seed: int | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
@@ -137,6 +151,7 @@ class Client:
         self._retry = retry
         self._timeouts = timeouts
         self._rng = random.Random(seed)
+        self._credits = CreditLedger(max_credits)
         self._stats = DurationStats()
         self._timer = PollTimer(poll, self._stats, self._rng)
         self._scheduler = PollScheduler(self._poll, concurrency=max_connections)
@@ -194,6 +209,11 @@ class Client:
     def closed(self) -> bool:
         """Whether `aclose()` was called."""
         return self._closed
+
+    @property
+    def credits(self) -> CreditUsage:
+        """Credits this client charged, saw refunded and holds reserved, and its budget."""
+        return self._credits.usage()
 
     @property
     def limiter(self) -> BaseLimiter:
@@ -273,8 +293,14 @@ class Client:
 
     async def _submit(self, request: GenerationRequest) -> _TaskState:
         references = resolve_references(request)
-        lease = await self._limiter.acquire()
-        # Until a create attempt takes it over, this coroutine owns the lease.
+        reserved = self._credits.reserve(request.model)
+        try:
+            lease = await self._limiter.acquire()
+        except BaseException:
+            self._credits.cancel(reserved)
+            raise
+        claim = _Claim(lease, reserved)
+        # Until a create attempt takes the claim over, this coroutine owns it.
         owned = True
         try:
             started = time.monotonic()
@@ -286,7 +312,7 @@ class Client:
                 # The attempt runs as its own task: once bytes may be on the wire, cancelling the
                 # caller must not cut it off, or a charged task could go untracked.
                 job = asyncio.get_running_loop().create_task(
-                    self._create_attempt(request, references, lease)
+                    self._create_attempt(request, references, claim)
                 )
                 self._background.add(job)
                 job.add_done_callback(self._background.discard)
@@ -294,7 +320,7 @@ class Client:
                 try:
                     outcome = await asyncio.shield(job)
                 except asyncio.CancelledError:
-                    job.add_done_callback(self._reclaim_after_abandon(lease))
+                    job.add_done_callback(self._reclaim_after_abandon(claim))
                     raise
                 if isinstance(outcome, _TaskState):
                     return outcome
@@ -308,14 +334,19 @@ class Client:
                     await anyio.sleep(wait)
         finally:
             if owned:
-                await self._limiter.release(lease)
+                self._drop_claim(claim)
 
-    def _reclaim_after_abandon(self, lease: Lease) -> Callable[[asyncio.Task[Any]], None]:
+    def _drop_claim(self, claim: _Claim) -> None:
+        """Give back a claim whose create definitely did not happen."""
+        self._credits.cancel(claim.reserved)
+        self._release_soon(claim.lease)
+
+    def _reclaim_after_abandon(self, claim: _Claim) -> Callable[[asyncio.Task[Any]], None]:
         def reclaim(job: asyncio.Task[Any]) -> None:
             # The caller was cancelled mid-attempt. If the attempt ended in "retry", nobody owns
-            # the lease any more; a created task owns it, and a raising attempt released it.
+            # the claim any more; a created task owns it, and a raising attempt settled it.
             if not job.cancelled() and isinstance(job.exception() or job.result(), _Retry):
-                self._release_soon(lease)
+                self._drop_claim(claim)
 
         return reclaim
 
@@ -328,16 +359,17 @@ class Client:
         job.add_done_callback(self._background.discard)
 
     async def _create_attempt(
-        self, request: GenerationRequest, references: list[Any], lease: Lease
+        self, request: GenerationRequest, references: list[Any], claim: _Claim
     ) -> _TaskState | _Retry:
-        """Send one create. Owns the lease from here: hands it to the task, or releases it on error.
+        """Send one create; from here the attempt owns the claim (slot and credit reservation).
 
-        Returns `_Retry` (the caller keeps the lease) when the create provably never arrived.
+        A created task takes the claim over; a failure settles it. Returns `_Retry` (the caller
+        takes the claim back) when the create provably never arrived.
         """
         try:
             form, opened = create_form(request, references)
         except OSError as exc:
-            await self._limiter.release(lease)
+            self._drop_claim(claim)
             raise InvalidRequestError("images", f"cannot open a reference: {exc}") from exc
         try:
             try:
@@ -369,10 +401,18 @@ class Client:
                 if 200 <= status < 300:
                     raise SubmitUncertainError(request, exc) from exc
                 raise
-        except BaseException:
-            await self._limiter.release(lease)
+        except SubmitUncertainError:
+            # It may have been charged: count it so, and never let a budget forget it.
+            self._credits.uncertain(claim.reserved)
+            self._release_soon(claim.lease)
             raise
-        return self._track(snapshot, request=request, lease=lease)
+        except BaseException:
+            self._drop_claim(claim)
+            raise
+        cost = self._credits.charge(claim.reserved, request.model, snapshot.credits_cost)
+        state = self._track(snapshot, request=request, lease=claim.lease)
+        state.cost = cost
+        return state
 
     def _track(
         self, snapshot: TaskSnapshot, *, request: GenerationRequest | None, lease: Lease | None
@@ -479,6 +519,9 @@ class Client:
                 state.first_progress = (now, snapshot.progress)
             state.publish(snapshot)
         if snapshot.is_terminal:
+            if snapshot.status is TaskStatus.FAILED and state.cost:
+                # The service refunds failed tasks.
+                self._credits.refund(state.cost)
             if snapshot.status is TaskStatus.SUCCEEDED and state.model is not None:
                 self._stats.add(state.model, state.image_size, now - state.submitted_at)
             self._end(state)
@@ -536,6 +579,71 @@ class Client:
             self._retry.on_retry(event)
         for hook in hooks:
             hook(event)
+
+    # --- fan-out ---------------------------------------------------------------------------------
+
+    def _window(self) -> int:
+        limit = self._limiter.max_concurrency if isinstance(self._limiter, Limiter) else None
+        # Twice the slots: the next submits already wait for a slot when one frees.
+        return 2 * (limit if limit is not None else DEFAULT_FANOUT_WINDOW // 2)
+
+    @overload
+    def as_completed(
+        self, requests: Requests, *, return_exceptions: Literal[False] = False
+    ) -> AsyncIterator[Task]: ...
+
+    @overload
+    def as_completed(
+        self, requests: Requests, *, return_exceptions: Literal[True]
+    ) -> AsyncIterator[Task | NanoBananaError]: ...
+
+    async def as_completed(
+        self, requests: Requests, *, return_exceptions: bool = False
+    ) -> AsyncIterator[Task | NanoBananaError]:
+        """Submit every request (lazily, O(max_concurrency) at a time); yield tasks as they end.
+
+        Failed tasks are yielded too (`await task` raises). A submit error is raised at once
+        (the tasks in flight stay tracked), or yielded when *return_exceptions* is true.
+        """
+        self._check()
+        async for _, outcome in fan_out(
+            self.submit, requests, window=self._window(), return_exceptions=return_exceptions
+        ):
+            yield outcome
+
+    @overload
+    async def map(
+        self, requests: Requests, *, return_exceptions: Literal[False] = False
+    ) -> list[TaskResult]: ...
+
+    @overload
+    async def map(
+        self, requests: Requests, *, return_exceptions: Literal[True]
+    ) -> list[TaskResult | NanoBananaError]: ...
+
+    async def map(
+        self, requests: Requests, *, return_exceptions: bool = False
+    ) -> list[TaskResult] | list[TaskResult | NanoBananaError]:
+        """Run every request and return the results in input order.
+
+        The first error (a submit error or a failed task) is raised, unless *return_exceptions*
+        is true: then each failed request's place holds its error.
+        """
+        self._check()
+        results: dict[int, TaskResult | NanoBananaError] = {}
+        async for index, outcome in fan_out(
+            self.submit, requests, window=self._window(), return_exceptions=return_exceptions
+        ):
+            if isinstance(outcome, Task):
+                try:
+                    results[index] = outcome._outcome()
+                except NanoBananaError as exc:
+                    if not return_exceptions:
+                        raise
+                    results[index] = exc
+            else:
+                results[index] = outcome
+        return [results[i] for i in range(len(results))]
 
     # --- looking up ------------------------------------------------------------------------------
 

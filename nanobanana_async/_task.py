@@ -142,6 +142,12 @@ class Task:
         """Whether the task is terminal (succeeded, failed, or given up on)."""
         return self._state.done
 
+    async def _state_done(self) -> None:
+        """Wait until the task is terminal, raising nothing."""
+        state = self._state
+        while not state.done:
+            await state.changed(state.version)
+
     def _outcome(self) -> TaskResult:
         state = self._state
         if state.error is not None:
