@@ -33,7 +33,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 def test_all_is_complete_and_sorted() -> None:
     """`__all__` lists every public name of the package, sorted case-insensitively."""
-    # "@py_builtins"-style names are pytest's assertion rewriting (the plugin's package is rewritten).
+    # "@py_builtins" and the like come from pytest rewriting the plugin's package.
     public = {n for n in vars(testing) if not n.startswith(("_", "@")) and n != "annotations"}
     assert set(testing.__all__) == public
     assert testing.__all__ == sorted(testing.__all__, key=str.lower)
