@@ -320,6 +320,11 @@ class Client:
                 try:
                     outcome = await asyncio.shield(job)
                 except asyncio.CancelledError:
+                    if job.cancelled() and self._closed:
+                        # Not our caller's cancellation: aclose() stopped the attempt mid-flight.
+                        raise SubmitUncertainError(
+                            request, ClientClosedError("the client closed during the create")
+                        ) from None
                     job.add_done_callback(self._reclaim_after_abandon(claim))
                     raise
                 if isinstance(outcome, _TaskState):
@@ -401,8 +406,9 @@ class Client:
                 if 200 <= status < 300:
                     raise SubmitUncertainError(request, exc) from exc
                 raise
-        except SubmitUncertainError:
-            # It may have been charged: count it so, and never let a budget forget it.
+        except (SubmitUncertainError, asyncio.CancelledError):
+            # It may have been charged (a cancel here comes from aclose() with the create in
+            # flight): count it so, and never let a budget forget it.
             self._credits.uncertain(claim.reserved)
             self._release_soon(claim.lease)
             raise

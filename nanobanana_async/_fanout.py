@@ -43,14 +43,12 @@ async def fan_out(
     too: awaiting them raises). A submit error is yielded when *return_exceptions*, else raised
     after the jobs in flight are cancelled (their tasks stay tracked by the client until terminal).
     """
-    send, receive = anyio.create_memory_object_stream[tuple[int, Union[Outcome, BaseException]]](
-        window
-    )
+    send, receive = anyio.create_memory_object_stream[tuple[int, Outcome]](window)
     slots = anyio.Semaphore(window)
 
     async def job(index: int, item: GenerationRequest | str) -> None:
         try:
-            outcome: Outcome | BaseException
+            outcome: Outcome
             try:
                 task = await submit(item)
                 await task._state_done()
@@ -75,8 +73,6 @@ async def fan_out(
         async with receive:
             async for index, outcome in receive:
                 if isinstance(outcome, NanoBananaError) and not return_exceptions:
-                    raise outcome
-                if isinstance(outcome, BaseException):
                     raise outcome
                 yield index, outcome
         await producer

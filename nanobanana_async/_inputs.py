@@ -71,7 +71,7 @@ class FileRef:
 
     filename: str
     content_type: str
-    source: Union[Path, bytes, IO[bytes]]
+    source: Union[Path, bytes]
 
 
 @attrs.frozen
@@ -193,24 +193,20 @@ def _check_path(path: Path, model: str, field: str) -> FileRef:
 def _check_file_object(stream: IO[bytes], model: str, field: str, index: int) -> FileRef:
     name = getattr(stream, "name", None)
     filename = Path(name).name if isinstance(name, str) and name else None
+    # Read the caller's stream once, bounded: aiohttp would close a stream it sends, and a
+    # re-sent create (after a 429) needs the bytes again. Paths, by contrast, are streamed.
     try:
-        if stream.seekable():
-            start = stream.tell()
-            head = stream.read(32)
-            size = stream.seek(0, os.SEEK_END) - start
+        start = stream.tell() if stream.seekable() else None
+        data = stream.read(MAX_REFERENCE_BYTES + 1)
+        if start is not None:
             stream.seek(start)
-            source: Union[IO[bytes], bytes] = stream
-        else:
-            # A pipe cannot be rewound: read it now, bounded, so it can be checked and sent.
-            data = stream.read(MAX_REFERENCE_BYTES + 1)
-            head, size, source = data[:32], len(data), data
     except (OSError, ValueError) as exc:
         raise InvalidRequestError(field, f"cannot read the file object: {exc}") from exc
-    if not isinstance(head, bytes):
+    if not isinstance(data, bytes):
         raise InvalidRequestError(field, "file objects must be opened in binary mode ('rb')")
-    _check_size(size, field)
-    content_type = _check_type(head, model, field)
-    return FileRef(filename or f"image-{index}{extension_for(content_type)}", content_type, source)
+    _check_size(len(data), field)
+    content_type = _check_type(data[:32], model, field)
+    return FileRef(filename or f"image-{index}{extension_for(content_type)}", content_type, data)
 
 
 def _check_size(size: int, field: str) -> None:

@@ -59,6 +59,7 @@ class Transport:
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._json_headers = {**self._auth, "Content-Type": "application/json"}
         self._api_key = api_key
+        self._key_bytes = api_key.encode()
         self.timeouts = timeouts
         self.max_connections = max_connections
         self._session = session
@@ -117,6 +118,9 @@ class Transport:
                     ssl=self._ssl if self._ssl is not None else True,
                 ) as response:
                     body = await response.read()
+                    if self._key_bytes in body:
+                        # Some servers echo the Authorization header back in error bodies.
+                        body = body.replace(self._key_bytes, b"[redacted]")
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
             except NETWORK_ERRORS as exc:

@@ -52,7 +52,8 @@ _STATUS_ALIASES = {
 _SUCCESS_CODES = (0, 200)
 _ERROR_KEYS = ("error", "message", "msg", "detail", "error_message", "errorMessage")
 _RETRY_KEYS = ("retry_after", "retryAfter", "retry_after_seconds")
-_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_SCRIPT = re.compile(rb"<(script|style)[^>]*>.*?</\1>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(rb"<[^>]{0,2000}>")
 
 
 # --- requests ------------------------------------------------------------------------------------
@@ -106,11 +107,16 @@ def parse_retry_after(value: object, now: Callable[[], float] = time.time) -> fl
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            return None
     elif isinstance(value, str):
         text = value.strip()
         try:
             seconds = float(text)
+        except OverflowError:
+            return None
         except ValueError:
             try:
                 when = email.utils.parsedate_to_datetime(text)
@@ -207,7 +213,7 @@ def decode_answer(
     """
     try:
         parsed: Any = json.loads(body) if body.strip()[:1] in (b"{", b"[") else None
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
         parsed = None
     if 200 <= status < 300:
         if not isinstance(parsed, dict):
@@ -227,8 +233,9 @@ def decode_answer(
         hint = _retry_hint(parsed)
         shown: Any = parsed
     else:
-        title = _TITLE.search(body)
-        message = excerpt(title.group(1) if title else body) or f"HTTP {status}"
+        # Plain text or a proxy's HTML page: keep its words, drop the markup.
+        text = _TAG.sub(b" ", _SCRIPT.sub(b" ", body)) if _TAG.search(body) else body
+        message = excerpt(text) or f"HTTP {status}"
         hint = None
         shown = excerpt(body)
     retry_after = parse_retry_after(retry_after_header)
@@ -324,7 +331,15 @@ def structure_snapshot(
         data = {**data, "id": task_id}
     try:
         snapshot = _structure_snapshot(data, TaskSnapshot)
-    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (
+        cattrs.BaseValidationError,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise ProtocolError(f"unreadable task object ({exc})", body=body or repr(data)) from exc
     if snapshot.status is TaskStatus.SUCCEEDED and snapshot.progress != 100:
         snapshot = attrs.evolve(snapshot, progress=100)

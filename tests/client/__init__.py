@@ -1,0 +1,1 @@
+"""Tests of the client core against the real emulator over HTTP."""
