@@ -11,6 +11,15 @@ async with nb.Client() as client:
 
 from __future__ import annotations
 
+from ._batch import (
+    Batch,
+    BatchEvent,
+    BatchEventKind,
+    BatchItem,
+    BatchItemStatus,
+    BatchSummary,
+    run_batch,
+)
 from ._client import Client
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -69,6 +78,12 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BaseLimiter",
+    "Batch",
+    "BatchEvent",
+    "BatchEventKind",
+    "BatchItem",
+    "BatchItemStatus",
+    "BatchSummary",
     "BudgetExceededError",
     "Client",
     "ClientClosedError",
@@ -101,6 +116,7 @@ __all__ = [
     "RateLimitError",
     "RetryEvent",
     "RetryPolicy",
+    "run_batch",
     "ServerError",
     "SubmitUncertainError",
     "Task",

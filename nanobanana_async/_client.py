@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import ssl as ssl_module
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -225,9 +226,18 @@ class Client:
         """How many tasks this client is tracking now."""
         return len(self._tasks)
 
-    def add_retry_listener(self, listener: Callable[[RetryEvent], None]) -> None:
-        """Call *listener* before every retry (besides `RetryPolicy.on_retry`)."""
+    def add_retry_listener(self, listener: Callable[[RetryEvent], None]) -> Callable[[], None]:
+        """Call *listener* before every retry (besides `RetryPolicy.on_retry`).
+
+        Returns a function that removes the listener again.
+        """
         self._retry_listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._retry_listeners.remove(listener)
+
+        return remove
 
     def _check(self) -> None:
         if self._closed:
@@ -291,7 +301,16 @@ class Client:
         )
         return await task.wait(timeout)
 
-    async def _submit(self, request: GenerationRequest) -> _TaskState:
+    async def _submit(
+        self,
+        request: GenerationRequest,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> _TaskState:
+        """Submit *request*; await *before_send* once, right before the first attempt leaves.
+
+        The batch journal writes its intent there: after the limiter's wait, so that a crash while
+        queued is not mistaken for a create that may have been charged.
+        """
         references = resolve_references(request)
         reserved = self._credits.reserve(request.model)
         try:
@@ -309,6 +328,9 @@ class Client:
                 attempt += 1
                 await self._limiter.ready()
                 self._check()
+                if before_send is not None and attempt == 1:
+                    await before_send()
+                    self._check()
                 # The attempt runs as its own task: once bytes may be on the wire, cancelling the
                 # caller must not cut it off, or a charged task could go untracked.
                 job = asyncio.get_running_loop().create_task(

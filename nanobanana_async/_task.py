@@ -138,6 +138,11 @@ class Task:
         """The latest snapshot the client has seen."""
         return self._state.snapshot
 
+    @property
+    def credits_cost(self) -> int | None:
+        """Credits the create was charged (from its answer), or None if unknown (attached tasks)."""
+        return self._state.cost
+
     def done(self) -> bool:
         """Whether the task is terminal (succeeded, failed, or given up on)."""
         return self._state.done

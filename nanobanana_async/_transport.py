@@ -35,6 +35,9 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
 def describe(exc: BaseException) -> str:
     """Return a short text for a network failure (aiohttp's texts can be empty)."""
     text = str(exc)
@@ -81,9 +84,12 @@ class Transport:
                 ssl=self._ssl if self._ssl is not None else True,
                 ttl_dns_cache=300,
             )
-            # trust_env: HTTP(S)_PROXY, NO_PROXY and netrc from the environment, as httpx does.
+            # trust_env: HTTP(S)_PROXY, NO_PROXY and netrc from the environment, as httpx does;
+            # but a server on this machine (an emulator) is never reached through a proxy.
             self._session = aiohttp.ClientSession(
-                connector=connector, trust_env=True, proxy=self._proxy
+                connector=connector,
+                trust_env=self.base_url.host not in _LOOPBACK_HOSTS,
+                proxy=self._proxy,
             )
         return self._session
 
