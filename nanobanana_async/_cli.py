@@ -758,8 +758,6 @@ async def _batch_async(
 
 
 async def _demo_command(args: argparse.Namespace) -> int:
-    import aiohttp
-
     from .testing import Emulator
 
     out = Path(args.out)
@@ -767,14 +765,12 @@ async def _demo_command(args: argparse.Namespace) -> int:
         GenerationRequest(prompt=prompt, model=model, aspect_ratio=ratio, image_size=size)
         for prompt, model, ratio, size in DEMO_REQUESTS
     ]
-    # The emulator is on 127.0.0.1 in this process: never send the demo through a proxy.
+    # The emulator is on 127.0.0.1 in this process (the client never uses a proxy for loopback).
     async with (
-        aiohttp.ClientSession(trust_env=False) as session,
         Emulator(speed=DEMO_SPEED, image_downscale=DEMO_DOWNSCALE) as emulator,
         Client(
             emulator.api_key,
             base_url=emulator.base_url,
-            session=session,
             max_concurrency=len(requests),
             poll=PollPolicy(speed=DEMO_SPEED, max_interval=2.0),
         ) as client,
