@@ -54,7 +54,7 @@ from ._errors import (
 from ._inputs import MODEL_COSTS
 from ._limiter import Limiter
 from ._models import GenerationRequest, ImageInput, TaskResult
-from ._task import Task
+from ._task import Task, _TaskState
 from ._wire import structure, unstructure
 
 logger = logging.getLogger("nanobanana_async")
@@ -318,7 +318,7 @@ class _Journal:
     def __init__(self, path: Path, fd: int, index: dict[str, _Record]) -> None:
         self.path = path
         self.index = index
-        self._fd = fd
+        self._fd: int | None = fd
         self._lock = anyio.Lock()
 
     @classmethod
@@ -347,10 +347,16 @@ class _Journal:
             raise
 
     def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        os.fsync(self._fd)
+        # A create that answers after the batch stopped still records its task id: reopen.
+        fd = self._fd if self._fd is not None else os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            if fd != self._fd:
+                os.close(fd)
 
     async def write(self, record: _Record) -> None:
         """Append *record* and fsync it; a cancellation waits until it is on disk."""
@@ -363,7 +369,9 @@ class _Journal:
         self.index[record.key] = record
 
     def close(self) -> None:
-        os.close(self._fd)
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -879,8 +887,19 @@ class Batch:
             # crash may have cost a credit, so a rerun reports the item instead of resending it.
             await journal.write(self._record(key, position, request, "submitting"))
 
+        async def created(state: _TaskState) -> None:
+            # Runs inside the create attempt, which cancelling this batch does not reach: the task
+            # id goes on disk before anything else happens, even if the batch is being stopped.
+            await journal.write(
+                attrs.evolve(
+                    self._record(key, position, request, "running"),
+                    task_id=state.id,
+                    cost=state.charged,
+                )
+            )
+
         try:
-            task = Task(await self._client._submit(request, before_send=intent))
+            task = Task(await self._client._submit(request, before_send=intent, on_created=created))
         except SubmitUncertainError as exc:
             cost = _estimate(request.model)
             await journal.write(
@@ -917,13 +936,7 @@ class Batch:
                     error=str(exc),
                 )
             return None
-        # Before anything else happens: the task id goes on disk.
         charged = task.credits_cost
-        await journal.write(
-            attrs.evolve(
-                self._record(key, position, request, "running"), task_id=task.id, cost=charged
-            )
-        )
         self._items[position] = attrs.evolve(
             self._items[position], status=BatchItemStatus.RUNNING, task_id=task.id, cost=charged
         )

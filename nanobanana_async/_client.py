@@ -39,7 +39,7 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._fanout import Requests, fan_out
-from ._inputs import resolve_references
+from ._inputs import request_references
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
     DEFAULT_ASPECT_RATIO,
@@ -66,8 +66,8 @@ DEFAULT_FANOUT_WINDOW = 128
 API_KEY_ENV = "NANOBANANA_API_KEY"
 BASE_URL_ENV = "NANOBANANA_BASE_URL"
 
-#: Statuses that a poll may simply repeat.
-_RETRY_POLL_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Statuses below 500 that a poll may simply repeat (every 5xx may be repeated too).
+_RETRY_POLL_STATUSES = frozenset({408, 425, 429})
 #: Statuses of a create answered before any processing: re-sending cannot charge twice.
 _RETRY_CREATE_STATUSES = frozenset({429, 503})
 
@@ -146,6 +146,7 @@ class Client:
             session=session,
             proxy=proxy,
             ssl=ssl,
+            gate=self._gate,
         )
         self._limiter = limiter if limiter is not None else Limiter(max_concurrency=max_concurrency)
         self._poll_policy = poll
@@ -155,12 +156,15 @@ class Client:
         self._credits = CreditLedger(max_credits)
         self._stats = DurationStats()
         self._timer = PollTimer(poll, self._stats, self._rng)
-        self._scheduler = PollScheduler(self._poll, concurrency=max_connections)
+        self._scheduler = PollScheduler(
+            self._poll, concurrency=max_connections, on_crash=self._poll_crashed
+        )
         self._tasks: dict[str, _TaskState] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._retry_listeners: list[Callable[[RetryEvent], None]] = []
         self._downloader = Downloader(
             lambda: self._transport.session,
+            self._transport.download_slots,
             timeout=timeouts.download,
             max_bytes=max_download_bytes,
         )
@@ -204,6 +208,9 @@ class Client:
                 self._end(
                     state, ClientClosedError(f"the client closed before task {state.id} ended")
                 )
+            # Releases of a shared limiter started just now: let them finish.
+            while self._background:
+                await asyncio.gather(*list(self._background), return_exceptions=True)
             await self._transport.aclose()
 
     @property
@@ -238,6 +245,10 @@ class Client:
                 self._retry_listeners.remove(listener)
 
         return remove
+
+    async def _gate(self) -> None:
+        # Awaited by the transport with a connection slot held, right before a request leaves.
+        await self._limiter.ready()
 
     def _check(self) -> None:
         if self._closed:
@@ -305,13 +316,15 @@ class Client:
         self,
         request: GenerationRequest,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        on_created: Callable[[_TaskState], Awaitable[None]] | None = None,
     ) -> _TaskState:
         """Submit *request*; await *before_send* once, right before the first attempt leaves.
 
         The batch journal writes its intent there: after the limiter's wait, so that a crash while
-        queued is not mistaken for a create that may have been charged.
+        queued is not mistaken for a create that may have been charged. *on_created* is awaited
+        with the new task inside the attempt, which the caller's cancellation does not reach.
         """
-        references = resolve_references(request)
+        references = request_references(request)
         reserved = self._credits.reserve(request.model)
         try:
             lease = await self._limiter.acquire()
@@ -334,7 +347,7 @@ class Client:
                 # The attempt runs as its own task: once bytes may be on the wire, cancelling the
                 # caller must not cut it off, or a charged task could go untracked.
                 job = asyncio.get_running_loop().create_task(
-                    self._create_attempt(request, references, claim)
+                    self._create_attempt(request, references, claim, on_created)
                 )
                 self._background.add(job)
                 job.add_done_callback(self._background.discard)
@@ -386,7 +399,11 @@ class Client:
         job.add_done_callback(self._background.discard)
 
     async def _create_attempt(
-        self, request: GenerationRequest, references: list[Any], claim: _Claim
+        self,
+        request: GenerationRequest,
+        references: list[Any],
+        claim: _Claim,
+        on_created: Callable[[_TaskState], Awaitable[None]] | None,
     ) -> _TaskState | _Retry:
         """Send one create; from here the attempt owns the claim (slot and credit reservation).
 
@@ -398,10 +415,16 @@ class Client:
         except OSError as exc:
             self._drop_claim(claim)
             raise InvalidRequestError("images", f"cannot open a reference: {exc}") from exc
+        sent = False
+
+        def mark_sent() -> None:
+            nonlocal sent
+            sent = True
+
         try:
             try:
                 status, body, retry_after = await self._transport.post(
-                    CREATE_PATH, data=form, task_id=None
+                    CREATE_PATH, data=form, task_id=None, on_send=mark_sent
                 )
             except HOPELESS_ERRORS as exc:
                 raise self._transport.network_error(exc, "create") from exc
@@ -428,7 +451,11 @@ class Client:
                 if 200 <= status < 300:
                     raise SubmitUncertainError(request, exc) from exc
                 raise
-        except (SubmitUncertainError, asyncio.CancelledError):
+        except (SubmitUncertainError, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not sent:
+                # aclose() stopped the attempt while it still queued for a connection.
+                self._drop_claim(claim)
+                raise
             # It may have been charged (a cancel here comes from aclose() with the create in
             # flight): count it so, and never let a budget forget it.
             self._credits.uncertain(claim.reserved)
@@ -439,7 +466,9 @@ class Client:
             raise
         cost = self._credits.charge(claim.reserved, request.model, snapshot.credits_cost)
         state = self._track(snapshot, request=request, lease=claim.lease)
-        state.cost = cost
+        state.cost = state.charged = cost
+        if on_created is not None:
+            await on_created(state)
         return state
 
     def _track(
@@ -476,25 +505,18 @@ class Client:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if state.deadline is not None and now >= state.deadline:
-            self._end(
-                state,
-                TaskTimeoutError(
-                    f"task {state.id} passed the client's task deadline of "
-                    f"{self._timeouts.task} s (last progress {state.snapshot.progress}%)",
-                    task_id=state.id,
-                ),
-            )
-            return
         try:
-            await self._limiter.ready()
             snapshot = await self._poll_once(state.id)
         except _Retry as retry:
             if state.failures == 0:
                 state.first_failure_at = now
             state.failures += 1
             wait = await self._retry_wait(state.failures, retry)
-            if self._out_of_tries(state.failures, state.first_failure_at, wait, clock=loop.time):
+            # A run of failed polls is bounded by the retry policy, and by the task's deadline.
+            given_up = self._out_of_tries(
+                state.failures, state.first_failure_at, wait, clock=loop.time
+            ) or (state.deadline is not None and loop.time() + wait > state.deadline)
+            if given_up:
                 self._end(state, retry.error)
                 return
             self._notify_retry("result", state.failures, wait, retry.error, state.id)
@@ -522,7 +544,7 @@ class Client:
         except RateLimitError as exc:
             raise _Retry(exc, exc.retry_after if exc.retry_after is not None else None) from exc
         except APIStatusError as exc:
-            if exc.status in _RETRY_POLL_STATUSES:
+            if exc.status >= 500 or exc.status in _RETRY_POLL_STATUSES:
                 raise _Retry(exc) from exc
             raise
         except ProtocolError as exc:
@@ -536,7 +558,7 @@ class Client:
 
     def _update(self, state: _TaskState, snapshot: TaskSnapshot, now: float) -> None:
         old = state.snapshot
-        if snapshot.credits_cost is not None:
+        if snapshot.credits_cost is not None and state.cost is None:
             state.cost = snapshot.credits_cost
         if (
             snapshot.status is not old.status
@@ -547,14 +569,29 @@ class Client:
                 state.first_progress = (now, snapshot.progress)
             state.publish(snapshot)
         if snapshot.is_terminal:
-            if snapshot.status is TaskStatus.FAILED and state.cost:
-                # The service refunds failed tasks.
-                self._credits.refund(state.cost)
+            if snapshot.status is TaskStatus.FAILED and state.charged:
+                # The service refunds failed tasks (only what this client paid counts here).
+                self._credits.refund(state.charged)
             if snapshot.status is TaskStatus.SUCCEEDED and state.model is not None:
                 self._stats.add(state.model, state.image_size, now - state.submitted_at)
             self._end(state)
             return
+        if state.deadline is not None and now >= state.deadline:
+            self._end(
+                state,
+                TaskTimeoutError(
+                    f"task {state.id} passed the client's task deadline of "
+                    f"{self._timeouts.task} s (last progress {snapshot.progress}%)",
+                    task_id=state.id,
+                ),
+            )
+            return
         self._schedule(state, now + self._timer.next_delay(state, now))
+
+    def _poll_crashed(self, state: _TaskState, exc: BaseException) -> None:
+        # A bug (ours, a hook's or a limiter's) must not leave a task unpolled holding its slot.
+        logger.error("polling task %s failed unexpectedly", state.id, exc_info=exc)
+        self._end(state, exc)
 
     def _end(self, state: _TaskState, error: BaseException | None = None) -> None:
         self._tasks.pop(state.id, None)
@@ -568,7 +605,11 @@ class Client:
         wait = self._retry.backoff(attempt, self._rng.random())
         if isinstance(retry.error, RateLimitError):
             # Retry-After is law for every request of the key, not only this one.
-            hinted = retry.pause if retry.pause is not None else wait
+            hinted = retry.pause
+            if hinted is None:
+                hinted = min(
+                    self._retry.max_backoff, self._retry.initial_backoff * 2.0 ** (attempt - 1)
+                )
             await self._limiter.pause(hinted)
             if self._retry.sleep:
                 wait = max(wait, hinted)
@@ -603,10 +644,13 @@ class Client:
         event = RetryEvent(
             endpoint=endpoint, attempt=attempt, wait=wait, cause=cause, task_id=task_id
         )
-        if self._retry.on_retry is not None:
-            self._retry.on_retry(event)
-        for hook in hooks:
-            hook(event)
+        for hook in (self._retry.on_retry, *hooks):
+            if hook is None:
+                continue
+            try:
+                hook(event)
+            except Exception:
+                logger.exception("a retry hook raised; ignored")
 
     # --- fan-out ---------------------------------------------------------------------------------
 
@@ -634,10 +678,13 @@ class Client:
         (the tasks in flight stay tracked), or yielded when *return_exceptions* is true.
         """
         self._check()
-        async for _, outcome in fan_out(
+        outcomes = fan_out(
             self.submit, requests, window=self._window(), return_exceptions=return_exceptions
-        ):
-            yield outcome
+        )
+        # Closed at once on any exit, so that nothing more is submitted after an error.
+        async with contextlib.aclosing(outcomes):
+            async for _, outcome in outcomes:
+                yield outcome
 
     @overload
     async def map(
@@ -659,18 +706,20 @@ class Client:
         """
         self._check()
         results: dict[int, TaskResult | NanoBananaError] = {}
-        async for index, outcome in fan_out(
+        outcomes = fan_out(
             self.submit, requests, window=self._window(), return_exceptions=return_exceptions
-        ):
-            if isinstance(outcome, Task):
-                try:
-                    results[index] = outcome._outcome()
-                except NanoBananaError as exc:
-                    if not return_exceptions:
-                        raise
-                    results[index] = exc
-            else:
-                results[index] = outcome
+        )
+        async with contextlib.aclosing(outcomes):
+            async for index, outcome in outcomes:
+                if isinstance(outcome, Task):
+                    try:
+                        results[index] = outcome._outcome()
+                    except NanoBananaError as exc:
+                        if not return_exceptions:
+                            raise
+                        results[index] = exc
+                else:
+                    results[index] = outcome
         return [results[i] for i in range(len(results))]
 
     # --- looking up ------------------------------------------------------------------------------
@@ -699,7 +748,7 @@ class Client:
         attempt = 0
         while True:
             attempt += 1
-            await self._limiter.ready()
+            self._check()
             try:
                 return await self._poll_once(task_id)
             except _Retry as retry:

@@ -16,7 +16,8 @@ DEFAULT_DOWNLOAD_TIMEOUT = 300.0
 DEFAULT_TASK_TIMEOUT = 600.0
 
 #: How many times one request is tried in all (the first try included).
-DEFAULT_RETRY_ATTEMPTS = 6
+#: Ten tries ride out about two minutes of outage at the default backoffs (0.5 s doubling to 30 s).
+DEFAULT_RETRY_ATTEMPTS = 10
 DEFAULT_RETRY_INITIAL_BACKOFF = 0.5
 DEFAULT_RETRY_MAX_BACKOFF = 30.0
 #: Seconds one request may spend in retries before the last error is raised.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import Callable
@@ -33,11 +34,13 @@ class Downloader:
     def __init__(
         self,
         session: Callable[[], aiohttp.ClientSession],
+        slots: asyncio.Semaphore,
         *,
         timeout: float | None,
         max_bytes: int,
     ) -> None:
         self._session = session
+        self._slots = slots
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_bytes = max_bytes
 
@@ -79,10 +82,12 @@ class Downloader:
             tmp = None
             return target
         finally:
-            if handle is not None:
-                await handle.aclose()
-            if tmp is not None:
-                await anyio.Path(tmp).unlink(missing_ok=True)
+            # Shielded: a cancelled save must still close and remove its temporary file.
+            with anyio.CancelScope(shield=True):
+                if handle is not None:
+                    await handle.aclose()
+                if tmp is not None:
+                    await anyio.Path(tmp).unlink(missing_ok=True)
 
     async def _stream(self, image: GeneratedImage):  # type: ignore[no-untyped-def]
         url = yarl.URL(image.url)
@@ -90,7 +95,7 @@ class Downloader:
             raise ProtocolError(f"result URL is not http(s): {image.url[:100]!r}")
         total = 0
         try:
-            async with self._session().get(url, timeout=self._timeout) as response:
+            async with self._slots, self._session().get(url, timeout=self._timeout) as response:
                 if response.status >= 300:
                     body = await response.content.read(2048)
                     decode_answer(response.status, body)  # raises the typed error

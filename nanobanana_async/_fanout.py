@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from typing import Union
 
 import anyio
@@ -36,7 +43,7 @@ async def fan_out(
     *,
     window: int,
     return_exceptions: bool,
-) -> AsyncIterator[tuple[int, Outcome]]:
+) -> AsyncGenerator[tuple[int, Outcome], None]:
     """Yield `(index, task or error)` in finishing order, holding at most *window* requests.
 
     Requests are pulled lazily from the iterable. A task is yielded once it is terminal (failed ones

@@ -91,8 +91,11 @@ class DataRef:
 Reference = Union[FileRef, UrlRef, DataRef]
 
 
-def check_request(request: GenerationRequest) -> None:
-    """Raise `InvalidRequestError` naming the field and the rule if *request* breaks one."""
+def check_request(request: GenerationRequest) -> list[Reference]:
+    """Raise `InvalidRequestError` naming the field and the rule if *request* breaks one.
+
+    Returns the request's references, resolved.
+    """
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         raise InvalidRequestError("prompt", "must be non-empty text")
     model = request.model
@@ -120,13 +123,17 @@ def check_request(request: GenerationRequest) -> None:
         raise InvalidRequestError(
             "images", f"at most {MAX_REFERENCES} references in all; got {len(request.images)}"
         )
-    for index, image in enumerate(request.images):
-        resolve_reference(image, model, index)
+    return [resolve_reference(image, model, index) for index, image in enumerate(request.images)]
 
 
-def resolve_references(request: GenerationRequest) -> list[Reference]:
-    """Turn the request's images into wire references, checking each again (files may change)."""
-    return [resolve_reference(image, request.model, i) for i, image in enumerate(request.images)]
+def request_references(request: GenerationRequest) -> list[Reference]:
+    """Return the request's wire references; files on disk are checked again (they may change)."""
+    return [
+        resolve_reference(request.images[index], request.model, index)
+        if isinstance(ref, FileRef) and isinstance(ref.source, Path)
+        else ref
+        for index, ref in enumerate(request._references)
+    ]
 
 
 def resolve_reference(image: ImageInput, model: str, index: int) -> Reference:

@@ -6,7 +6,7 @@ import enum
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol, Union
+from typing import IO, TYPE_CHECKING, Any, Protocol, Union
 
 import attrs
 
@@ -60,11 +60,13 @@ class GenerationRequest:
     aspect_ratio: str = DEFAULT_ASPECT_RATIO
     image_size: str = DEFAULT_IMAGE_SIZE
     images: tuple[ImageInput, ...] = attrs.field(default=(), converter=_images_tuple)
+    # The references as checked at construction: a stream is read once, here, and not again.
+    _references: tuple[Any, ...] = attrs.field(init=False, default=(), eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         from ._inputs import check_request
 
-        check_request(self)
+        object.__setattr__(self, "_references", tuple(check_request(self)))
 
     @property
     def mode(self) -> str:

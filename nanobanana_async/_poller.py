@@ -122,8 +122,14 @@ class PollScheduler:
     is skipped when it surfaces. A single timer wakes the runner for the earliest due time.
     """
 
-    def __init__(self, poll: Callable[[_TaskState], Awaitable[None]], concurrency: int) -> None:
+    def __init__(
+        self,
+        poll: Callable[[_TaskState], Awaitable[None]],
+        concurrency: int,
+        on_crash: Callable[[_TaskState, BaseException], None],
+    ) -> None:
         self._poll = poll
+        self._on_crash = on_crash
         self._heap: list[tuple[float, int, _TaskState, int]] = []
         self._seq = itertools.count()
         self._slots = asyncio.Semaphore(concurrency)
@@ -187,6 +193,10 @@ class PollScheduler:
     async def _one(self, state: _TaskState) -> None:
         try:
             await self._poll(state)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._on_crash(state, exc)
         finally:
             self._slots.release()
 

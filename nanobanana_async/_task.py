@@ -22,6 +22,7 @@ class _TaskState:
     """
 
     __slots__ = (
+        "charged",
         "cost",
         "deadline",
         "done",
@@ -58,6 +59,8 @@ class _TaskState:
         self.deadline = deadline
         self.lease = lease
         self.cost = snapshot.credits_cost
+        #: What this client paid for the create (0 for tasks attached by id).
+        self.charged = 0
         self.done = False
         self.error: BaseException | None = None
         self.version = 0

@@ -6,13 +6,14 @@ import asyncio
 import logging
 import ssl as ssl_module
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import yarl
 
 from ._config import Timeouts
-from ._errors import TransportError
+from ._errors import ClientClosedError, TransportError
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -34,6 +35,9 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+
+#: Connections kept for image downloads, beside the API's own.
+DOWNLOAD_CONNECTIONS = 4
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
@@ -57,6 +61,7 @@ class Transport:
         session: aiohttp.ClientSession | None,
         proxy: str | None,
         ssl: ssl_module.SSLContext | bool | None,
+        gate: Callable[[], Awaitable[None]],
     ) -> None:
         self.base_url = yarl.URL(base_url.rstrip("/"))
         self._auth = {"Authorization": f"Bearer {api_key}"}
@@ -70,17 +75,22 @@ class Transport:
         self._proxy = proxy
         self._ssl = ssl
         self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
-        # Our own bound on exchanges in flight, equal to the connector's: a request never queues
-        # inside aiohttp's pool, where the wait would count against its timeout.
+        # Our own bounds on exchanges in flight, which add up to the connector's limit: a request
+        # never queues inside aiohttp's pool, where the wait would count against its timeout.
         self._slots = asyncio.Semaphore(max_connections)
+        self.download_slots = asyncio.Semaphore(DOWNLOAD_CONNECTIONS)
+        self._gate = gate
+        self._closed = False
         self._urls: dict[str, yarl.URL] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """The aiohttp session, made on first use (it must be made inside the event loop)."""
         if self._session is None:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections,
+                limit=self.max_connections + DOWNLOAD_CONNECTIONS,
                 ssl=self._ssl if self._ssl is not None else True,
                 ttl_dns_cache=300,
             )
@@ -105,15 +115,26 @@ class Transport:
         return url
 
     async def post(
-        self, path: str, *, data: Any = None, json_body: bytes | None = None, task_id: str | None
+        self,
+        path: str,
+        *,
+        data: Any = None,
+        json_body: bytes | None = None,
+        task_id: str | None,
+        on_send: Callable[[], None] | None = None,
     ) -> tuple[int, bytes, str | None]:
         """POST to an API path; return status, body and the Retry-After header.
 
-        Raises the network error of aiohttp (classified by the caller) unchanged.
+        Waits for a connection slot, then for the gate (pauses and rate cap: checked with the slot
+        held, so no request slips out during a pause); calls *on_send* right before the request
+        may leave. Raises aiohttp's network errors (classified by the caller) unchanged.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
         async with self._slots:
+            await self._gate()
+            if on_send is not None:
+                on_send()
             started = time.perf_counter()
             try:
                 async with self.session.post(
@@ -154,7 +175,8 @@ class Transport:
         return TransportError(f"{what} failed: {self.redact(describe(exc))}")
 
     async def aclose(self) -> None:
-        """Close the session if this transport made it."""
+        """Close the session if this transport made it; make no new one after."""
+        self._closed = True
         if self._owns_session and self._session is not None:
             await self._session.close()
         self._session = None
