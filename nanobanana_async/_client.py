@@ -560,11 +560,8 @@ class Client:
         old = state.snapshot
         if snapshot.credits_cost is not None and state.cost is None:
             state.cost = snapshot.credits_cost
-        if (
-            snapshot.status is not old.status
-            or snapshot.progress != old.progress
-            or snapshot.results != old.results
-        ):
+        moved = snapshot.progress != old.progress
+        if moved or snapshot.status is not old.status or snapshot.results != old.results:
             if old.progress == 0 and snapshot.progress > 0:
                 state.first_progress = (now, snapshot.progress)
             state.publish(snapshot)
@@ -586,7 +583,7 @@ class Client:
                 ),
             )
             return
-        self._schedule(state, now + self._timer.next_delay(state, now))
+        self._schedule(state, now + self._timer.next_delay(state, now, moved))
 
     def _poll_crashed(self, state: _TaskState, exc: BaseException) -> None:
         # A bug (ours, a hook's or a limiter's) must not leave a task unpolled holding its slot.

@@ -13,8 +13,6 @@ from collections.abc import (
 )
 from typing import Union
 
-import anyio
-
 from ._errors import NanoBananaError
 from ._models import GenerationRequest
 from ._task import Task
@@ -24,6 +22,7 @@ Requests = Union[
     Iterable[Union[GenerationRequest, str]], AsyncIterable[Union[GenerationRequest, str]]
 ]
 Outcome = Union[Task, NanoBananaError]
+_DONE = object()
 
 
 async def _iterate(
@@ -49,42 +48,53 @@ async def fan_out(
     Requests are pulled lazily from the iterable. A task is yielded once it is terminal (failed ones
     too: awaiting them raises). A submit error is yielded when *return_exceptions*, else raised
     after the jobs in flight are cancelled (their tasks stay tracked by the client until terminal).
+    Plain asyncio primitives: this is the hot path of every fan-out.
     """
-    send, receive = anyio.create_memory_object_stream[tuple[int, Outcome]](window)
-    slots = anyio.Semaphore(window)
+    loop = asyncio.get_running_loop()
+    slots = asyncio.Semaphore(window)
+    # Unbounded, but never longer than *window*: a job holds a slot until its outcome is taken.
+    outcomes: asyncio.Queue[tuple[int, Outcome] | object] = asyncio.Queue()
+    jobs: set[asyncio.Task[None]] = set()
 
     async def job(index: int, item: GenerationRequest | str) -> None:
+        outcome: Outcome
         try:
-            outcome: Outcome
-            try:
-                task = await submit(item)
-                await task._state_done()
-                outcome = task
-            except NanoBananaError as exc:
-                outcome = exc
-            await send.send((index, outcome))
-        finally:
-            slots.release()
+            task = await submit(item)
+            await task._state_done()
+            outcome = task
+        except NanoBananaError as exc:
+            outcome = exc
+        outcomes.put_nowait((index, outcome))
 
     async def produce() -> None:
-        async with send:
-            async with anyio.create_task_group() as group:
-                index = 0
-                async for item in _iterate(requests):
-                    await slots.acquire()
-                    group.start_soon(job, index, item)
-                    index += 1
+        try:
+            index = 0
+            async for item in _iterate(requests):
+                await slots.acquire()
+                spawned = loop.create_task(job(index, item))
+                jobs.add(spawned)
+                spawned.add_done_callback(jobs.discard)
+                index += 1
+            if jobs:
+                await asyncio.gather(*jobs)
+        finally:
+            outcomes.put_nowait(_DONE)
 
-    producer = asyncio.get_running_loop().create_task(produce())
+    producer = loop.create_task(produce())
     try:
-        async with receive:
-            async for index, outcome in receive:
-                if isinstance(outcome, NanoBananaError) and not return_exceptions:
-                    raise outcome
-                yield index, outcome
-        await producer
+        while True:
+            entry = await outcomes.get()
+            if entry is _DONE:
+                break
+            index, outcome = entry  # type: ignore[misc]
+            slots.release()
+            if isinstance(outcome, NanoBananaError) and not return_exceptions:
+                raise outcome
+            yield index, outcome
+        await producer  # the iterable's own error, if it raised
     finally:
-        if not producer.done():
-            producer.cancel()
-            # Let the cancellation land; the producer's own error (if any) was raised already.
-            await asyncio.gather(producer, return_exceptions=True)
+        pending = [*jobs, producer]
+        for spawned in pending:
+            spawned.cancel()
+        # Let the cancellations land; an error raised above was raised already.
+        await asyncio.gather(*pending, return_exceptions=True)

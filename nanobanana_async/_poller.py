@@ -26,6 +26,10 @@ _TYPICAL: dict[tuple[str, str], tuple[float, float]] = {
 _UNKNOWN = (4.0, 20.0)
 #: While progress says nothing, poll after this fraction of the time already waited.
 _BACKOFF_FRACTION = 0.06
+#: Progress counts as moving linearly when two rate estimates agree this closely.
+_LINEAR_TOLERANCE = 0.15
+#: Until progress is seen to move linearly, poll again after this fraction of the time waited.
+_UNSURE_FRACTION = 0.25
 #: First polls land this early relative to the fastest duration expected.
 _EARLY = 0.9
 
@@ -91,20 +95,29 @@ class PollTimer:
             return 0.0
         return max(self._lo, _EARLY * self._expected_low(state))
 
-    def next_delay(self, state: _TaskState, now: float) -> float:
-        """Seconds from *now* (just after a poll of a running task) to the next poll."""
+    def next_delay(self, state: _TaskState, now: float, moved: bool = True) -> float:
+        """Seconds from *now* (just after a poll of a running task) to the next poll.
+
+        *moved* says whether progress changed at this poll.
+        """
         lo, hi = self._lo, self._hi
         elapsed = now - state.submitted_at
         progress = state.snapshot.progress
-        if 0 < progress < 100:
+        if 0 < progress < 100 and moved:
             # The upper estimate of the finishing time: progress p means p <= true < p + 1, and
             # polling at the latest finish the rate allows is never early by more than a step.
+            origin_rate = progress / max(elapsed, 1e-9)
             t0, p0 = state.first_progress
+            delay = (100 - progress) / origin_rate
             if now > t0 and progress > p0:
                 rate = (progress - p0) / (now - t0)
+                linear = abs(rate - origin_rate) <= _LINEAR_TOLERANCE * origin_rate
+                delay = (100 - progress) / rate
             else:
-                rate = progress / max(elapsed, 1e-9)
-            delay = (100 - progress) / rate
+                linear = False
+            if not linear:
+                # One point, or progress that jumps: the rate is a guess, so look again soon.
+                delay = min(delay, _UNSURE_FRACTION * elapsed)
             delay = min(hi, max(lo, delay))
             return delay * (1.0 + self._rng.uniform(0.0, self.policy.jitter / 4))
         expected = self._expected_low(state) * _EARLY - elapsed

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import ssl as ssl_module
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,14 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 DOWNLOAD_CONNECTIONS = 4
 
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+def env_proxy(url: yarl.URL) -> str | None:
+    """Return the proxy the environment names for *url*, or None (never for loopback hosts)."""
+    host = url.host or ""
+    if host in _LOOPBACK_HOSTS or urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(url.scheme)
 
 
 def describe(exc: BaseException) -> str:
@@ -94,12 +103,13 @@ class Transport:
                 ssl=self._ssl if self._ssl is not None else True,
                 ttl_dns_cache=300,
             )
-            # trust_env: HTTP(S)_PROXY, NO_PROXY and netrc from the environment, as httpx does;
-            # but a server on this machine (an emulator) is never reached through a proxy.
+            # The proxy comes from the environment (HTTP(S)_PROXY, NO_PROXY) once, here: aiohttp's
+            # trust_env would look it up (and netrc, which clashes with our Authorization header)
+            # in a worker thread on every request.
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=self.base_url.host not in _LOOPBACK_HOSTS,
-                proxy=self._proxy,
+                trust_env=False,
+                proxy=self._proxy if self._proxy is not None else env_proxy(self.base_url),
             )
         return self._session
 

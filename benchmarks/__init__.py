@@ -1,0 +1,1 @@
+"""Benchmarks of nanobanana_async: run them all with ``python -m benchmarks [--quick]``."""
