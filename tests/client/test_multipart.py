@@ -276,3 +276,25 @@ async def test_a_create_resent_after_a_429_carries_the_same_file_bytes(tmp_path:
         ("b.png", png_b),
         ("c.png", png_a),
     ]
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+async def test_a_text_only_create_is_multipart_like_curls() -> None:
+    """A create without references is still multipart/form-data, with the same fields as curl's."""
+    fields = ["prompt=a banana cat", "model=nano-banana", "mode=text-to-image"]
+    fields += ["aspectRatio=16:9", "imageSize=2K"]
+    async with capture_server() as capture:
+        await run_curl(capture.base_url, fields)
+        async with _client(capture) as client:
+            await client.submit(
+                "a banana cat", model="nano-banana", aspect_ratio="16:9", image_size="2K"
+            )
+    curl_parts, our_parts = capture.creates
+    assert _multiset(our_parts) == _multiset(curl_parts)
+    assert {p.name: p.data for p in our_parts} == {
+        "prompt": b"a banana cat",
+        "model": b"nano-banana",
+        "mode": b"text-to-image",
+        "aspectRatio": b"16:9",
+        "imageSize": b"2K",
+    }
