@@ -248,6 +248,9 @@ class Client:
 
     async def _gate(self) -> None:
         # Awaited by the transport with a connection slot held, right before a request leaves.
+        if self._closed:
+            # aclose() frees slots as it stops polls: nothing queued may leave through them.
+            raise ClientClosedError("the client is closed")
         await self._limiter.ready()
 
     def _check(self) -> None:
