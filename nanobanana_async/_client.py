@@ -160,6 +160,8 @@ class Client:
             self._poll, concurrency=max_connections, on_crash=self._poll_crashed
         )
         self._tasks: dict[str, _TaskState] = {}
+        # Create attempts in flight (cancelled by aclose) and limiter releases (awaited by it).
+        self._attempts: set[asyncio.Task[Any]] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._retry_listeners: list[Callable[[RetryEvent], None]] = []
         self._downloader = Downloader(
@@ -198,7 +200,7 @@ class Client:
         self._closed = True
         with anyio.CancelScope(shield=True):
             await self._scheduler.aclose()
-            background = list(self._background)
+            background = list(self._attempts)
             for job in background:
                 job.cancel()
             if background:
@@ -352,8 +354,8 @@ class Client:
                 job = asyncio.get_running_loop().create_task(
                     self._create_attempt(request, references, claim, on_created)
                 )
-                self._background.add(job)
-                job.add_done_callback(self._background.discard)
+                self._attempts.add(job)
+                job.add_done_callback(self._attempts.discard)
                 owned = False
                 try:
                     outcome = await asyncio.shield(job)
