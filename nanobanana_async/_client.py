@@ -609,8 +609,11 @@ class Client:
             # Retry-After is law for every request of the key, not only this one.
             hinted = retry.pause
             if hinted is None:
-                hinted = min(
-                    self._retry.max_backoff, self._retry.initial_backoff * 2.0 ** (attempt - 1)
+                # No hint: the key waits out this attempt's backoff cap (no wait without sleeping).
+                hinted = (
+                    min(self._retry.max_backoff, self._retry.initial_backoff * 2.0 ** (attempt - 1))
+                    if self._retry.sleep
+                    else 0.0
                 )
             await self._limiter.pause(hinted)
             if self._retry.sleep:
