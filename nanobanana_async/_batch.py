@@ -51,6 +51,7 @@ from ._errors import (
     SubmitUncertainError,
     TaskFailedError,
 )
+from ._fanout import iterate
 from ._inputs import MODEL_COSTS
 from ._limiter import Limiter
 from ._models import GenerationRequest, ImageInput, TaskResult
@@ -460,15 +461,6 @@ class _Slot:
             self._semaphore.release()
 
 
-async def _iterate(requests: BatchRequests) -> AsyncIterator[BatchInput]:
-    if isinstance(requests, AsyncIterable):
-        async for item in requests:
-            yield item
-    else:
-        for item in requests:
-            yield item
-
-
 # --- the runner --------------------------------------------------------------------------------
 
 
@@ -726,7 +718,7 @@ class Batch:
 
     async def _produce(self, group: TaskGroup, journal: _Journal) -> None:
         position = -1
-        async for item in _iterate(self._requests):
+        async for item in iterate(self._requests):
             if self._stopping:
                 return
             position += 1

@@ -506,34 +506,27 @@ def _client(
         raise UsageError(str(exc)) from exc
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
+def _number_arg(
+    cast: Callable[[str], float], what: str, *, minimum: float, inclusive: bool
+) -> Callable[[str], float]:
+    """Return an argparse type: *cast* the text and check it against *minimum*."""
+
+    def parse(text: str) -> float:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum):  # NaN fails too
+            rule = "at least" if inclusive else "more than"
+            raise argparse.ArgumentTypeError(f"must be {rule} {minimum:g}: {text!r}")
+        return value
+
+    return parse
 
 
-def _credits_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of credits: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
+_positive_int = _number_arg(int, "a whole number", minimum=1, inclusive=True)
+_credits_arg = _number_arg(int, "a whole number of credits", minimum=0, inclusive=True)
+_positive_float = _number_arg(float, "a number", minimum=0, inclusive=False)
 
 
 def _retry_listener(view: _View) -> Callable[[RetryEvent], None]:

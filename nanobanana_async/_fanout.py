@@ -11,7 +11,7 @@ from collections.abc import (
     Callable,
     Iterable,
 )
-from typing import Union
+from typing import TypeVar, Union
 
 from ._errors import NanoBananaError
 from ._models import GenerationRequest
@@ -23,16 +23,16 @@ Requests = Union[
 ]
 Outcome = Union[Task, NanoBananaError]
 _DONE = object()
+T = TypeVar("T")
 
 
-async def _iterate(
-    requests: Requests,
-) -> AsyncIterator[GenerationRequest | str]:
-    if isinstance(requests, AsyncIterable):
-        async for item in requests:
+async def iterate(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    """Iterate a plain or an async iterable lazily, as an async iterator."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
             yield item
     else:
-        for item in requests:
+        for item in items:
             yield item
 
 
@@ -69,7 +69,7 @@ async def fan_out(
     async def produce() -> None:
         try:
             index = 0
-            async for item in _iterate(requests):
+            async for item in iterate(requests):
                 await slots.acquire()
                 spawned = loop.create_task(job(index, item))
                 jobs.add(spawned)
