@@ -109,6 +109,8 @@ class _Context:
     task_id: str | None = None
     fields: dict[str, Any] | None = None
     recorded: bool = False
+    # A create body read ahead of a delay (or the reason it could not be read).
+    form: _CreateForm | _BadRequestError | None = None
 
 
 @attrs.define
@@ -439,6 +441,15 @@ class Emulator:
             await impl(request, ctx)
             return None
         if name == "delay":
+            # The whole request arrives first, as at a slow server: it is processed after the
+            # delay even if the client gave up waiting (a create is then charged, answer lost).
+            if ctx.endpoint == "create":
+                try:
+                    ctx.form = await _read_create_form(request)
+                except _BadRequestError as exc:
+                    ctx.form = exc
+            else:
+                await request.read()
             with anyio.move_on_after(fault.seconds or 0.0):
                 await self._closing.wait()
             return None if self._closing.is_set() else await impl(request, ctx)
@@ -514,7 +525,9 @@ class Emulator:
             return self._unauthorized(request)
         ledger._creates_received += 1
         try:
-            form = await _read_create_form(request)
+            form = ctx.form if ctx.form is not None else await _read_create_form(request)
+            if isinstance(form, _BadRequestError):
+                raise form
         except _BadRequestError as exc:
             return self._error(400, str(exc))
         ctx.fields = form.fields

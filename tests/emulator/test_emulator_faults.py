@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import time
@@ -136,6 +137,19 @@ async def test_delay_answers_late_but_normally(session: aiohttp.ClientSession) -
         assert time.monotonic() - started >= 0.05
         assert (status, handle.fired, emu.ledger.tasks_created) == (200, 1, 1)
         assert emu.requests[-1].fault == "delay"
+
+
+async def test_a_delayed_create_is_charged_even_if_the_client_gives_up() -> None:
+    """A create slower than the client's patience is still processed and charged, as upstream."""
+    async with Emulator() as emu:
+        handle = emu.faults.inject(Fault.delay(0.2), endpoint="create")
+        timeout = aiohttp.ClientTimeout(total=0.05)
+        async with aiohttp.ClientSession(timeout=timeout) as impatient:
+            with pytest.raises(asyncio.TimeoutError):  # TimeoutError from 3.11 on
+                await create(impatient, emu, json_body=text_to_image())
+        await wait_for(lambda: emu.ledger.tasks_created == 1)
+        assert handle.fired == 1
+        assert emu.ledger.credits_charged == 15
 
 
 async def test_hang_and_delay_end_promptly_at_aclose() -> None:
