@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -13,7 +13,7 @@ import aiohttp
 import anyio
 import yarl
 
-from ._errors import NanoBananaError, ProtocolError
+from ._errors import NanoBananaError, ProtocolError, TransportError
 from ._inputs import extension_for, sniff_image_type
 from ._transport import NETWORK_ERRORS, describe
 from ._wire import decode_answer
@@ -89,7 +89,8 @@ class Downloader:
                 if tmp is not None:
                     await anyio.Path(tmp).unlink(missing_ok=True)
 
-    async def _stream(self, image: GeneratedImage):  # type: ignore[no-untyped-def]
+    async def _stream(self, image: GeneratedImage) -> AsyncIterator[tuple[bytes, str]]:
+        """Yield the image's chunks with the answer's content type, capped at `max_bytes`."""
         url = yarl.URL(image.url)
         if url.scheme not in ("http", "https"):
             raise ProtocolError(f"result URL is not http(s): {image.url[:100]!r}")
@@ -111,8 +112,6 @@ class Downloader:
         except NanoBananaError:
             raise
         except NETWORK_ERRORS as exc:
-            from ._errors import TransportError
-
             raise TransportError(f"download of {image.url[:100]} failed: {describe(exc)}") from exc
 
 

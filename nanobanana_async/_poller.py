@@ -192,12 +192,11 @@ class PollScheduler:
                 await self._wakeup.wait()
                 continue
             await self._slots.acquire()
-            # The heap may have changed while we waited for a slot: take its current head.
+            # While we waited for a slot, only earlier entries can have come in (this loop alone
+            # pops): the head is still due, but it may have gone stale.
             due, _, state, generation = heapq.heappop(heap)
-            if generation != state.poll_generation or state.done or due > loop.time():
+            if generation != state.poll_generation or state.done:
                 self._slots.release()
-                if due > loop.time() and generation == state.poll_generation and not state.done:
-                    heapq.heappush(heap, (due, next(self._seq), state, generation))
                 continue
             task = loop.create_task(self._one(state))
             self._inflight.add(task)

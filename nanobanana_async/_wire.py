@@ -268,10 +268,7 @@ def decode_answer(
         hint = None
         shown = excerpt(body)
     retry_after = parse_retry_after(retry_after_header)
-    return_error = api_error(
-        status, message, shown, retry_after if retry_after is not None else hint
-    )
-    raise return_error
+    raise api_error(status, message, shown, retry_after if retry_after is not None else hint)
 
 
 # --- snapshots -----------------------------------------------------------------------------------
