@@ -531,6 +531,15 @@ class Client:
             self._end(state, exc)
             return
         state.failures = 0
+        lease = state.lease
+        if (
+            lease is not None
+            and not snapshot.is_terminal
+            and not isinstance(self._limiter, Limiter)
+        ):
+            # A shared store's leases expire (so a crashed worker frees its slots): each poll of a
+            # live task keeps its lease alive. The in-process limiter has nothing to renew.
+            await self._limiter.renew(lease)
         self._update(state, snapshot, loop.time())
 
     async def _poll_once(self, task_id: str) -> TaskSnapshot:

@@ -1,0 +1,69 @@
+"""The limiter's request-rate cap, and lease renewal for shared limiters."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import nanobanana_async as nb
+from nanobanana_async.testing import Emulator
+
+from ._helpers import client_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_rate_cap_spaces_requests_of_the_key() -> None:
+    """With max_requests_per_second=20 and burst 1, eight polls take at least 7/20 s in all."""
+    limiter = nb.Limiter(max_concurrency=None, max_requests_per_second=20, burst=1)
+    async with Emulator(speed=1000) as emu:
+        async with client_for(emu, limiter=limiter) as client:
+            task = await client.submit("rate")
+            await task.wait()
+            before = len(emu.requests)
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(client.get, task.id)
+        stamps = sorted(r.real_time for r in emu.requests[before:])
+    assert len(stamps) == 8
+    # 20 ms slack for the clocks of two coroutines; the cap itself allows no faster than 1/20 s.
+    assert stamps[-1] - stamps[0] >= 7 / 20 - 0.02
+
+
+class CountingLimiter(nb.BaseLimiter):
+    """A shared-store stand-in: counts acquires, releases and renewals of its leases."""
+
+    def __init__(self) -> None:
+        self.inner = nb.Limiter(max_concurrency=4)
+        self.renewed: list[nb.Lease] = []
+        self.released: list[nb.Lease] = []
+
+    async def acquire(self) -> nb.Lease:
+        return await self.inner.acquire()
+
+    async def release(self, lease: nb.Lease) -> None:
+        self.released.append(lease)
+        await self.inner.release(lease)
+
+    async def renew(self, lease: nb.Lease) -> None:
+        self.renewed.append(lease)
+
+    async def pause(self, seconds: float) -> None:
+        await self.inner.pause(seconds)
+
+    async def ready(self) -> None:
+        await self.inner.ready()
+
+
+async def test_polls_of_a_live_task_renew_its_lease() -> None:
+    """Each poll that finds a task still running renews its lease, which is released at the end."""
+    limiter = CountingLimiter()
+    async with Emulator(speed=1000, duration=20.0) as emu:
+        async with client_for(emu, limiter=limiter) as client:
+            task = await client.submit("long")
+            await task.wait()
+        running_polls = emu.ledger.polls_received - 1  # the last poll saw it succeed
+    assert running_polls >= 1
+    assert len(limiter.renewed) == running_polls
+    assert set(limiter.renewed) == set(limiter.released)
+    assert limiter.inner.in_flight == 0
