@@ -153,6 +153,9 @@ class Transport:
                     headers=headers,
                     timeout=self._timeout,
                     ssl=self._ssl if self._ssl is not None else True,
+                    # A redirected create would be re-sent (307/308) or turned into a GET
+                    # (301/302) behind our back: a redirect is an answer, not an instruction.
+                    allow_redirects=False,
                 ) as response:
                     body = await response.read()
                     if self._key_bytes in body:
