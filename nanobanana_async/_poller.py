@@ -153,9 +153,6 @@ class PollScheduler:
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def __len__(self) -> int:
-        return len(self._heap)
-
     def schedule(self, state: _TaskState, due: float) -> None:
         """Poll *state* at loop time *due* (replacing any earlier plan for it)."""
         state.poll_generation += 1
