@@ -54,7 +54,14 @@ from ._models import (
 )
 from ._poller import DurationStats, PollScheduler, PollTimer
 from ._task import Task, _TaskState
-from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, NOT_SENT_ERRORS, Transport, logger
+from ._transport import (
+    HOPELESS_ERRORS,
+    NETWORK_ERRORS,
+    NOT_SENT_ERRORS,
+    RequestKind,
+    Transport,
+    logger,
+)
 from ._wire import CREATE_PATH, RESULT_PATH, create_form, decode_answer, result_body
 from ._wire import structure_snapshot as _structure
 
@@ -248,7 +255,7 @@ class Client:
 
         return remove
 
-    async def _gate(self) -> None:
+    async def _gate(self, kind: RequestKind) -> None:
         # Awaited by the transport with a connection slot held, right before a request leaves.
         if self._closed:
             # aclose() frees slots as it stops polls: nothing queued may leave through them.
@@ -429,7 +436,7 @@ class Client:
         try:
             try:
                 status, body, retry_after = await self._transport.post(
-                    CREATE_PATH, data=form, task_id=None, on_send=mark_sent
+                    CREATE_PATH, data=form, task_id=None, kind="create", on_send=mark_sent
                 )
             except HOPELESS_ERRORS as exc:
                 raise self._transport.network_error(exc, "create") from exc
@@ -546,7 +553,7 @@ class Client:
         """One result request. Raises `_Retry` for what may be repeated, typed errors otherwise."""
         try:
             status, body, retry_after = await self._transport.post(
-                RESULT_PATH, json_body=result_body(task_id), task_id=task_id
+                RESULT_PATH, json_body=result_body(task_id), task_id=task_id, kind="poll"
             )
         except HOPELESS_ERRORS as exc:
             raise self._transport.network_error(exc, "poll") from exc

@@ -8,7 +8,7 @@ import ssl as ssl_module
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import yarl
@@ -36,6 +36,9 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+
+#: What a request is, for the gate: a paid create or a free, repeatable poll.
+RequestKind = Literal["create", "poll"]
 
 #: Connections kept for image downloads, beside the API's own.
 DOWNLOAD_CONNECTIONS = 4
@@ -70,7 +73,7 @@ class Transport:
         session: aiohttp.ClientSession | None,
         proxy: str | None,
         ssl: ssl_module.SSLContext | bool | None,
-        gate: Callable[[], Awaitable[None]],
+        gate: Callable[[RequestKind], Awaitable[None]],
     ) -> None:
         self.base_url = yarl.URL(base_url.rstrip("/"))
         self._auth = {"Authorization": f"Bearer {api_key}"}
@@ -131,18 +134,23 @@ class Transport:
         data: Any = None,
         json_body: bytes | None = None,
         task_id: str | None,
+        kind: RequestKind,
+        before_send: Callable[[], Awaitable[None]] | None = None,
         on_send: Callable[[], None] | None = None,
     ) -> tuple[int, bytes, str | None]:
         """POST to an API path; return status, body and the Retry-After header.
 
-        Waits for a connection slot, then for the gate (pauses and rate cap: checked with the slot
-        held, so no request slips out during a pause); calls *on_send* right before the request
-        may leave. Raises aiohttp's network errors (classified by the caller) unchanged.
+        Waits for a connection slot, then for the gate of *kind* (pauses and rate cap: checked with
+        the slot held, so no request slips out during a pause), then awaits *before_send* (it may
+        raise to abandon the request unsent), and calls *on_send* right before the request may
+        leave. Raises aiohttp's network errors (classified by the caller) unchanged.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
         async with self._slots:
-            await self._gate()
+            await self._gate(kind)
+            if before_send is not None:
+                await before_send()
             if on_send is not None:
                 on_send()
             started = time.perf_counter()
