@@ -20,6 +20,7 @@ import attrs
 from ._config import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
     PollPolicy,
+    RequestKind,
     RetryEvent,
     RetryPolicy,
     Timeouts,
@@ -58,7 +59,6 @@ from ._transport import (
     HOPELESS_ERRORS,
     NETWORK_ERRORS,
     NOT_SENT_ERRORS,
-    RequestKind,
     Transport,
     logger,
 )
@@ -260,7 +260,7 @@ class Client:
         if self._closed:
             # aclose() frees slots as it stops polls: nothing queued may leave through them.
             raise ClientClosedError("the client is closed")
-        await self._limiter.ready()
+        await self._limiter.ready(kind)
 
     def _check(self) -> None:
         if self._closed:
@@ -403,9 +403,6 @@ class Client:
         return reclaim
 
     def _release_soon(self, lease: Lease) -> None:
-        if isinstance(self._limiter, Limiter):
-            self._limiter.release_nowait(lease)
-            return
         job = asyncio.get_running_loop().create_task(self._limiter.release(lease))
         self._background.add(job)
         job.add_done_callback(self._background.discard)
@@ -539,11 +536,7 @@ class Client:
             return
         state.failures = 0
         lease = state.lease
-        if (
-            lease is not None
-            and not snapshot.is_terminal
-            and not isinstance(self._limiter, Limiter)
-        ):
+        if lease is not None and not snapshot.is_terminal:
             # A shared store's leases expire (so a crashed worker frees its slots): each poll of a
             # live task keeps its lease alive. The in-process limiter has nothing to renew.
             await self._limiter.renew(lease)
@@ -676,7 +669,7 @@ class Client:
     # --- fan-out ---------------------------------------------------------------------------------
 
     def _window(self) -> int:
-        limit = self._limiter.max_concurrency if isinstance(self._limiter, Limiter) else None
+        limit = self._limiter.max_concurrency
         # Twice the slots: the next submits already wait for a slot when one frees.
         return 2 * (limit if limit is not None else DEFAULT_FANOUT_WINDOW // 2)
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import attrs
+
+#: What a request is, for a limiter's gate: a paid create, or a free and repeatable poll.
+RequestKind = Literal["create", "poll"]
 
 #: Seconds allowed to open a TCP (and TLS) connection.
 DEFAULT_CONNECT_TIMEOUT = 10.0

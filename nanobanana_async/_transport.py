@@ -8,12 +8,12 @@ import ssl as ssl_module
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import yarl
 
-from ._config import Timeouts
+from ._config import RequestKind, Timeouts
 from ._errors import ClientClosedError, TransportError
 
 logger = logging.getLogger("nanobanana_async")
@@ -36,9 +36,6 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-
-#: What a request is, for the gate: a paid create or a free, repeatable poll.
-RequestKind = Literal["create", "poll"]
 
 #: Connections kept for image downloads, beside the API's own.
 DOWNLOAD_CONNECTIONS = 4
