@@ -67,18 +67,23 @@ from ._errors import (
 from ._inputs import MODEL_COSTS
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
+    AspectRatio,
     GeneratedImage,
     GenerationRequest,
     ImageInput,
+    ImageSize,
+    ModelName,
     TaskResult,
     TaskSnapshot,
     TaskStatus,
 )
+from ._submitter import SubmitHooks
 from ._task import Task
 from ._version import __version__
 
 __all__ = [
     "APIStatusError",
+    "AspectRatio",
     "AuthenticationError",
     "BadRequestError",
     "BaseLimiter",
@@ -108,12 +113,14 @@ __all__ = [
     "GeneratedImage",
     "GenerationRequest",
     "ImageInput",
+    "ImageSize",
     "InsufficientCreditsError",
     "InvalidRequestError",
     "Lease",
     "Limiter",
     "LimiterUnavailableError",
     "MODEL_COSTS",
+    "ModelName",
     "NanoBananaError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -126,6 +133,7 @@ __all__ = [
     "run_batch",
     "ServerError",
     "SubmitAbandonedError",
+    "SubmitHooks",
     "SubmitUncertainError",
     "Task",
     "TaskError",
