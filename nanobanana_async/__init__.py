@@ -64,6 +64,7 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
 )
+from ._gallery import DEFAULT_GALLERY_REFRESH, GALLERY_NAME, Gallery, write_gallery
 from ._inputs import MODEL_COSTS
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
@@ -100,6 +101,7 @@ __all__ = [
     "CreditUsage",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DOWNLOAD_TIMEOUT",
+    "DEFAULT_GALLERY_REFRESH",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_POLL_JITTER",
     "DEFAULT_POLL_MAX_INTERVAL",
@@ -110,6 +112,8 @@ __all__ = [
     "DEFAULT_RETRY_INITIAL_BACKOFF",
     "DEFAULT_RETRY_MAX_BACKOFF",
     "DEFAULT_TASK_TIMEOUT",
+    "Gallery",
+    "GALLERY_NAME",
     "GeneratedImage",
     "GenerationRequest",
     "ImageInput",
@@ -144,5 +148,6 @@ __all__ = [
     "TaskTimeoutError",
     "Timeouts",
     "TransportError",
+    "write_gallery",
     "__version__",
 ]
