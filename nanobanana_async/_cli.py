@@ -27,21 +27,19 @@ from typing import IO, Any, TextIO
 
 import attrs
 
-from ._batch import (
-    JOURNAL_NAME,
-    Batch,
+from ._batch import Batch, slugify
+from ._client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_MAX_CONCURRENCY, Client
+from ._config import PollPolicy, RetryEvent
+from ._errors import InvalidRequestError, NanoBananaError, TaskFailedError
+from ._events import (
     BatchEvent,
     BatchEventKind,
     BatchItemStatus,
     BatchSummary,
     follow,
-    journal_credits,
     retry_event,
-    slugify,
 )
-from ._client import API_KEY_ENV, BASE_URL_ENV, DEFAULT_MAX_CONCURRENCY, Client
-from ._config import PollPolicy, RetryEvent
-from ._errors import InvalidRequestError, NanoBananaError, TaskFailedError
+from ._journal import JOURNAL_NAME, journal_credits
 from ._models import (
     DEFAULT_ASPECT_RATIO,
     DEFAULT_IMAGE_SIZE,
