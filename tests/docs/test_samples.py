@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from ._samples import ROOT, Sample, all_samples, typed_source
 
 SAMPLES, PROBLEMS = all_samples()
 RUN_TIMEOUT = 90
+CHECK_TIMEOUT = 300
 
 # What a project's conftest.py does for async tests: anyio's plugin, on asyncio.
 PYTEST_CONFTEST = """
@@ -62,12 +64,31 @@ def test_parts_are_used() -> None:
         assert later[0].code.startswith(part.code), f"{part.id} is used by no sample"
 
 
-@pytest.fixture(scope="session")
-def mypy_errors(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> dict[str, list[str]]:
-    """Type-check every run and typecheck sample in one mypy call; errors by sample id."""
-    folder = tmp_path_factory.mktemp("typed-samples")
+class _Job:
+    """A checker started in the background, its output going to files in its folder."""
+
+    def __init__(self, folder: Path, files: dict[str, str], argv: list[str]) -> None:
+        self.folder = folder
+        #: Sample id by the file (or module) name it was written as.
+        self.files = files
+        with (folder / "stdout").open("wb") as out, (folder / "stderr").open("wb") as err:
+            self.proc = subprocess.Popen(argv, cwd=folder, stdout=out, stderr=err, env=_env())
+
+    def result(self) -> tuple[int, str, str]:
+        """Wait for the checker; return its exit code, output and error output."""
+        try:
+            code = self.proc.wait(timeout=CHECK_TIMEOUT)
+        finally:
+            self.stop()
+        return code, (self.folder / "stdout").read_text(), (self.folder / "stderr").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _start_mypy(folder: Path, cache_dir: Path) -> _Job:
     files: dict[str, str] = {}
     for n, sample in enumerate(SAMPLES):
         if sample.mode in ("run", "typecheck") and not _missing(sample):
@@ -76,35 +97,54 @@ def mypy_errors(
             files[name] = sample.id
     config = folder / "mypy.ini"
     config.write_text("[mypy]\nstrict = True\nwarn_unused_ignores = True\n")
-    cache = request.config.cache
-    cache_dir = cache.mkdir("mypy-docs-samples") if cache is not None else folder / ".mypy_cache"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--config-file",
-            str(config),
-            "--cache-dir",
-            str(cache_dir),
-            "--no-error-summary",
-            "--show-error-codes",
-            "--no-pretty",
-            *sorted(files),
-        ],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
-    errors: dict[str, list[str]] = {sample_id: [] for sample_id in files.values()}
-    for line in proc.stdout.splitlines():
+    argv = [sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir"]
+    argv += [str(cache_dir), "--no-error-summary", "--show-error-codes", "--no-pretty"]
+    return _Job(folder, files, argv + sorted(files))
+
+
+def _start_pytest(folder: Path) -> _Job:
+    files: dict[str, str] = {}
+    for n, sample in enumerate(SAMPLES):
+        if sample.mode == "pytest" and not _missing(sample):
+            name = f"test_sample_{n}"
+            (folder / f"{name}.py").write_text(sample.code)
+            files[name] = sample.id
+    (folder / "conftest.py").write_text(PYTEST_CONFTEST)
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
+    argv += ["--rootdir", str(folder), f"--junitxml={folder / 'report.xml'}", str(folder)]
+    return _Job(folder, files, argv)
+
+
+@pytest.fixture(scope="session")
+def checkers(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[dict[str, _Job]]:
+    """mypy on the typed samples and pytest on the test samples, started side by side."""
+    # mypy's cache lives in pytest's (when it is on), so that later runs take a second.
+    cache = getattr(request.config, "cache", None)
+    typed = tmp_path_factory.mktemp("typed-samples")
+    cache_dir = cache.mkdir("mypy-docs-samples") if cache is not None else typed / ".mypy_cache"
+    jobs = {
+        "mypy": _start_mypy(typed, cache_dir),
+        "pytest": _start_pytest(tmp_path_factory.mktemp("pytest-samples")),
+    }
+    yield jobs
+    for job in jobs.values():
+        job.stop()
+
+
+@pytest.fixture(scope="session")
+def mypy_errors(checkers: dict[str, _Job]) -> dict[str, list[str]]:
+    """mypy --strict's errors, by sample id (one mypy call for all samples)."""
+    job = checkers["mypy"]
+    code, out, err = job.result()
+    errors: dict[str, list[str]] = {sample_id: [] for sample_id in job.files.values()}
+    for line in out.splitlines():
         match = re.match(r"^(sample_\d+\.py):\d+:", line)
         if match and ": note:" not in line:
-            errors[files[match[1]]].append(line)
-    assert proc.returncode in (0, 1), f"mypy crashed:\n{proc.stdout}\n{proc.stderr}"
-    assert (proc.returncode == 1) == any(errors.values()), proc.stdout
+            errors[job.files[match[1]]].append(line)
+    assert code in (0, 1), f"mypy crashed:\n{out}\n{err}"
+    assert (code == 1) == any(errors.values()), out
     return errors
 
 
@@ -138,39 +178,13 @@ def test_sample_runs(sample: Sample, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def pytest_outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, str]]]:
-    """Run every pytest sample in one pytest process; (test name, outcome) by sample id."""
-    folder = tmp_path_factory.mktemp("pytest-samples")
-    files: dict[str, str] = {}
-    for n, sample in enumerate(SAMPLES):
-        if sample.mode == "pytest" and not _missing(sample):
-            name = f"test_sample_{n}"
-            (folder / f"{name}.py").write_text(sample.code)
-            files[name] = sample.id
-    (folder / "conftest.py").write_text(PYTEST_CONFTEST)
-    report = folder / "report.xml"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-W",
-            "error",
-            "--rootdir",
-            str(folder),
-            f"--junitxml={report}",
-            str(folder),
-        ],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=RUN_TIMEOUT,
-    )
-    assert report.exists(), f"pytest did not run:\n{proc.stdout}\n{proc.stderr}"
+def pytest_outcomes(checkers: dict[str, _Job]) -> dict[str, list[tuple[str, str]]]:
+    """(test name, outcome) by sample id (one pytest run for all samples)."""
+    job = checkers["pytest"]
+    _, out, err = job.result()
+    report = job.folder / "report.xml"
+    files = job.files
+    assert report.exists(), f"pytest did not run:\n{out}\n{err}"
     outcomes: dict[str, list[tuple[str, str]]] = {sample_id: [] for sample_id in files.values()}
     for case in ET.parse(report).iter("testcase"):
         module = case.get("classname", "").split(".")[-1]
