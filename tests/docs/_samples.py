@@ -1,4 +1,4 @@
-"""Code samples of README.md and docs/: found, classified, and prepared to run or type-check.
+"""Code samples of README.md, docs/ and the public docstrings: found, classified, prepared.
 
 A python block may be preceded by a marker line saying what to do with it:
 
@@ -13,7 +13,7 @@ MODE is one of:
 
 ``requires=`` names modules that must be importable (else the sample is skipped: the ``docs``
 extra installs them). ``with-previous`` prepends the previous python block of the same file.
-Unmarked blocks (README.md) are ``pytest`` when they define ``test_`` functions, else
+Unmarked blocks (README.md, docstrings) are ``pytest`` when they define ``test_`` functions, else
 ``typecheck``; a block with top-level ``await`` or free names is type-checked as the body of an
 async function whose parameters give those names their types (`FREE_NAMES`).
 """
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib
+import inspect
 import re
 import textwrap
 from dataclasses import dataclass
@@ -41,16 +43,40 @@ FREE_NAMES = {
 }
 
 
+#: Modules whose docstrings (of the module, of each name in `__all__` and of their public
+#: members) the API reference shows.
+DOCUMENTED_MODULES = ("nanobanana_async", "nanobanana_async.testing")
+
+
 def sources() -> list[Path]:
     """The markdown files whose samples are checked."""
     return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def docstrings() -> dict[str, str]:
+    """The docstrings of the documented modules and their public names, by dotted name."""
+    found: dict[str, str] = {}
+    for module_name in DOCUMENTED_MODULES:
+        module = importlib.import_module(module_name)
+        found[module_name] = module.__doc__ or ""
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isroutine(obj)):
+                continue  # constants carry their type's docstring
+            found[f"{module_name}.{name}"] = obj.__doc__ or ""
+            if inspect.isclass(obj):
+                for member, value in vars(obj).items():
+                    doc = getattr(value, "__doc__", None)
+                    if not member.startswith("_") and isinstance(doc, str):
+                        found[f"{module_name}.{name}.{member}"] = doc
+    return {name: inspect.cleandoc(doc) for name, doc in found.items() if "```" in doc}
 
 
 @dataclass(frozen=True)
 class Sample:
     """One python code block, with what to do with it."""
 
-    path: Path
+    origin: str  # a file relative to the repository, or a dotted name for a docstring
     line: int
     mode: str
     code: str
@@ -58,14 +84,14 @@ class Sample:
 
     @property
     def id(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        return f"{self.origin}:{self.line}"
 
 
-def parse(path: Path) -> tuple[list[Sample], list[str]]:
-    """Return the python samples of *path*, and the problems found with its markers."""
+def parse(text: str, origin: str) -> tuple[list[Sample], list[str]]:
+    """Return the python samples of *text*, and the problems found with its markers."""
     samples: list[Sample] = []
     problems: list[str] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = text.splitlines()
     previous_code: str | None = None
     spec: str | None = None
     i = 0
@@ -80,7 +106,7 @@ def parse(path: Path) -> tuple[list[Sample], list[str]]:
         if not fence:
             if line.strip():
                 if spec is not None:
-                    problems.append(f"{path.name}:{i}: a sample marker not followed by a block")
+                    problems.append(f"{origin}:{i}: a sample marker not followed by a block")
                 spec = None
             i += 1
             continue
@@ -92,7 +118,7 @@ def parse(path: Path) -> tuple[list[Sample], list[str]]:
         i = end + 1
         if fence["lang"] not in ("python", "py"):
             if spec is not None:
-                problems.append(f"{path.name}:{start}: a sample marker on a non-python block")
+                problems.append(f"{origin}:{start}: a sample marker on a non-python block")
             spec = None
             continue
         words = (spec or "").split()
@@ -105,20 +131,20 @@ def parse(path: Path) -> tuple[list[Sample], list[str]]:
                 requires = tuple(filter(None, word.removeprefix("requires=").split(",")))
             elif word == "with-previous":
                 if previous_code is None:
-                    problems.append(f"{path.name}:{start}: with-previous without a previous block")
+                    problems.append(f"{origin}:{start}: with-previous without a previous block")
                 else:
                     full = previous_code + "\n\n" + code
             else:
-                problems.append(f"{path.name}:{start}: unknown sample option {word!r}")
+                problems.append(f"{origin}:{start}: unknown sample option {word!r}")
         if mode is None:
             mode = (
                 "pytest" if re.search(r"^(async )?def test_", code, re.MULTILINE) else "typecheck"
             )
         elif mode not in MODES:
-            problems.append(f"{path.name}:{start}: unknown sample mode {mode!r}")
+            problems.append(f"{origin}:{start}: unknown sample mode {mode!r}")
             mode = "typecheck"
         previous_code = full
-        samples.append(Sample(path, start, mode, full, requires))
+        samples.append(Sample(origin, start, mode, full, requires))
     return samples, problems
 
 
@@ -126,8 +152,9 @@ def all_samples() -> tuple[list[Sample], list[str]]:
     """Every sample of every source, and every marker problem."""
     samples: list[Sample] = []
     problems: list[str] = []
-    for path in sources():
-        found, wrong = parse(path)
+    texts = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8") for p in sources()}
+    for origin, text in {**texts, **docstrings()}.items():
+        found, wrong = parse(text, origin)
         samples += found
         problems += wrong
     return samples, problems
@@ -170,6 +197,7 @@ def typed_source(sample: Sample) -> str:
     free = free_names(code)
     if not free and not _needs_function(code):
         return code
+    free.discard("nb")  # the wrapper imports it
     unknown = free - FREE_NAMES.keys()
     if unknown:
         raise ValueError(f"{sample.id}: names used but not defined: {sorted(unknown)}")
