@@ -17,7 +17,7 @@ import os
 import re
 import time
 import unicodedata
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Union
 
@@ -242,7 +242,7 @@ class Batch:
         for scope in list(self._scopes):
             scope.cancel()
 
-    async def events(self) -> AsyncIterator[BatchEvent]:
+    async def events(self) -> AsyncGenerator[BatchEvent, None]:
         """Run the batch, yielding its events; `summary` is set when the iteration ends.
 
         Leaving the loop early cancels the batch (the journal stays consistent).

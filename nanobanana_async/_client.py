@@ -8,7 +8,7 @@ import contextvars
 import os
 import random
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, overload
@@ -544,16 +544,16 @@ class Client:
     @overload
     def as_completed(
         self, requests: Requests, *, return_exceptions: Literal[False] = False
-    ) -> AsyncIterator[Task]: ...
+    ) -> AsyncGenerator[Task, None]: ...
 
     @overload
     def as_completed(
         self, requests: Requests, *, return_exceptions: Literal[True]
-    ) -> AsyncIterator[Task | NanoBananaError]: ...
+    ) -> AsyncGenerator[Task | NanoBananaError, None]: ...
 
     async def as_completed(
         self, requests: Requests, *, return_exceptions: bool = False
-    ) -> AsyncIterator[Task | NanoBananaError]:
+    ) -> AsyncGenerator[Task | NanoBananaError, None]:
         """Submit every request (lazily, O(max_concurrency) at a time); yield tasks as they end.
 
         Failed tasks are yielded too (`await task` raises). A submit error is raised at once
