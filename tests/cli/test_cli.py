@@ -16,7 +16,7 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 import nanobanana_async as nb
-from nanobanana_async._cli import main
+from nanobanana_async.cli import main
 from nanobanana_async.testing import Emulator
 
 from ._helpers import (
@@ -357,7 +357,7 @@ async def test_without_rich_a_terminal_gets_plain_lines(tmp_path: Path) -> None:
     """Without rich the command still works on a terminal, printing plain lines."""
     prompts = write_prompts(tmp_path / "prompts.txt", 3)
     code = (
-        "import sys; sys.modules['rich'] = None; from nanobanana_async._cli import main; "
+        "import sys; sys.modules['rich'] = None; from nanobanana_async.cli import main; "
         f"raise SystemExit(main(['batch', {str(prompts)!r}, '--out', {str(tmp_path / 'out')!r}]))"
     )
     async with Emulator(speed=1000, image_downscale=8) as emu:
