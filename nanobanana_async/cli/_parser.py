@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
@@ -40,6 +40,13 @@ from ._commands import (
 from ._views import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, write
 
 _EPILOG = "Exit codes: 0 all done, 1 something failed, 2 usage error, 130 interrupted."
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: the problem, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 @attrs.frozen
@@ -267,7 +274,7 @@ SUBCOMMANDS: list[Callable[[Commands, Options], None]] = [
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``nanobanana`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nanobanana",
         description="Generate images with the Nano Banana API, one or thousands at a time.",
         epilog=_EPILOG,
