@@ -112,20 +112,22 @@ def _existing_ancestor(path: Path) -> Path:
     return Path(path.anchor or ".")
 
 
-def check_folder(path: Path, option: str) -> None:
-    """Raise `UsageError` unless *path* is a writable folder, or one that can be made."""
+def check_folder(path: Path, option: str, *, given: Path | None = None) -> None:
+    """Raise `UsageError` unless *path* is a writable folder, or one that can be made.
+
+    The message names *option* and *given* (the path as given, default *path*).
+    """
     path = Path(os.path.abspath(path))
+    shown = f"{option} {given if given is not None else path}"
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"{option} {path}: the folder is not writable")
+            raise UsageError(f"{shown}: {path} is not writable")
         return
-    if path.exists():
-        raise UsageError(f"{option} {path}: a file is there, not a folder")
     ancestor = _existing_ancestor(path)
     if not ancestor.is_dir():
-        raise UsageError(f"{option} {path}: {ancestor} is a file, not a folder")
+        raise UsageError(f"{shown}: {ancestor} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UsageError(f"{option} {path}: cannot create it ({ancestor} is not writable)")
+        raise UsageError(f"{shown}: cannot create {path} ({ancestor} is not writable)")
 
 
 def check_file(path: Path, option: str) -> None:
@@ -135,7 +137,7 @@ def check_file(path: Path, option: str) -> None:
         raise UsageError(f"{option} {absolute}: a folder is there, not a file")
     if absolute.exists() and not os.access(absolute, os.W_OK):
         raise UsageError(f"{option} {absolute}: the file is not writable")
-    check_folder(absolute.parent, option)
+    check_folder(absolute.parent, option, given=absolute)
 
 
 # --- the client --------------------------------------------------------------------------------

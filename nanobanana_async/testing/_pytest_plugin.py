@@ -9,8 +9,8 @@ anyio's plugin runs as well.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
@@ -29,13 +29,16 @@ __all__ = [
 DEFAULT_SPEED = 1000.0
 
 
-def _async_fixture() -> Any:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _async_fixture() -> Callable[[_F], _F]:
     """Return pytest-asyncio's fixture decorator when it is installed, else pytest's."""
     try:
         module = importlib.import_module("pytest_asyncio")
     except ImportError:
-        return pytest.fixture
-    return module.fixture
+        return cast("Callable[[_F], _F]", pytest.fixture)
+    return cast("Callable[[_F], _F]", module.fixture)
 
 
 _fixture = _async_fixture()
