@@ -222,7 +222,7 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
         }
         write(sys.stdout, json.dumps(data, ensure_ascii=False))
         return code
-    rows = [("items", f"{plan.total}" + (f" ({len(problems)} unreadable)" if problems else ""))]
+    rows = [("items", f"{plan.total}" + (f" ({len(problems)} cannot be sent)" if problems else ""))]
     price = f"{credits} credits" + (
         f" + the price of {', '.join(sorted(unpriced))}" if unpriced else ""
     )

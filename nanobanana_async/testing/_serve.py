@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import shlex
 import signal
@@ -108,7 +109,8 @@ async def _serve(
         _print(out, "Point the library or the nanobanana command at it, polling at its speed:")
         settings = " ".join(f"{name}={shlex.quote(value)}" for name, value in exports.items())
         _print(out, f"  export {settings}")
-        _print(out, "Press Ctrl+C to stop" + (" (kill -USR1 prints the ledger)." if usr1 else "."))
+        ask = f"; `kill -USR1 {os.getpid()}` prints the ledger" if usr1 is not None else ""
+        _print(out, f"Press Ctrl+C to stop{ask}.")
         await stop.wait()
     finally:
         for signum in installed:
