@@ -83,17 +83,17 @@ def image_size_arg(text: str) -> str:
 
 
 def check_model(name: str, *, any_model: bool) -> str:
-    """Return the model name to send (a known one in lower case), or raise for an unknown one.
+    """Return *name* if it is a known model (or *any_model* is set); raise otherwise.
+
+    Names are not rewritten (not even their case): a batch journal keys its items by the request,
+    and a rewritten name would make an item sent by an earlier version look new.
 
     Raises:
         InvalidRequestError: *name* is not a known model and *any_model* is false.
     """
-    if any_model:
+    if any_model or name in KNOWN_MODELS:
         return name
-    lower = name.strip().lower()
-    if lower in KNOWN_MODELS:
-        return lower
-    close = difflib.get_close_matches(lower, KNOWN_MODELS, n=1)
+    close = difflib.get_close_matches(name.strip().lower(), KNOWN_MODELS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise InvalidRequestError(
         "model",

@@ -121,17 +121,21 @@ async def test_image_before_the_prompt_does_not_swallow_it(tmp_path: Path) -> No
 async def test_a_misspelt_model_is_caught_locally_and_a_lower_case_size_is_normalised(
     tmp_path: Path,
 ) -> None:
-    """`--model nano-banan` exits 2 suggesting the right name; `--image-size 1k` sends `1K`."""
+    """`--model nano-banan` (or `Nano-Banana`) exits 2 suggesting the right name, sending
+    nothing; `--image-size 1k` sends `1K`."""
     async with Emulator(speed=1000, image_downscale=8) as emu:
         typo = await run_cli("generate", "cat", "--model", "nano-banan", env=cli_env(emu))
+        case = await run_cli("generate", "cat", "--model", "Nano-Banana-Fast", env=cli_env(emu))
         assert emu.ledger.creates_received == 0
         lower = await run_cli(
-            "generate", "cat", "--image-size", "1k", "--model", "Nano-Banana-Fast",
+            "generate", "cat", "--image-size", "1k", "--model", "nano-banana-fast",
             env=cli_env(emu), cwd=tmp_path,
         )  # fmt: skip
         (create,) = [record.fields for record in emu.requests if record.endpoint == "create"]
     assert typo.returncode == 2
     assert "did you mean 'nano-banana'?" in one_line(err(typo))
+    assert case.returncode == 2
+    assert "did you mean 'nano-banana-fast'?" in one_line(err(case))
     assert lower.returncode == 0, err(lower)
     assert create is not None
     assert (create["imageSize"], create["model"]) == ("1K", "nano-banana-fast")
