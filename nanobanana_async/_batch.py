@@ -58,8 +58,9 @@ from ._journal import (
     ItemKeys,
     Journal,
     JournalRecord,
+    decide,
     estimate_cost,
-    legacy_key,
+    lookup,
 )
 from ._models import GenerationRequest, TaskResult
 from ._submitter import SubmitHooks
@@ -442,10 +443,7 @@ class Batch:
                 self._invalid(position, item if isinstance(item, str) else "", exc)
                 continue
             key = keys.next(request)
-            record = journal.index.get(key)
-            if record is None:
-                # A journal of 0.1 keyed items by their line: read it, write new keys from now on.
-                record = journal.index.get(legacy_key(position, request))
+            record = lookup(journal.index, key, position, request)
             plan = self._plan(position, key, request, record)
             if plan is None:
                 continue
@@ -476,12 +474,16 @@ class Batch:
         self, position: int, key: str, request: GenerationRequest, record: JournalRecord | None
     ) -> str | None:
         """Return "submit" or "attach", or finish the item from its journal record (None)."""
-        state = record.state if record is not None else "unsent"
+        decision = decide(
+            record,
+            out_dir=self._out_dir,
+            retry_failed=self._retry_failed,
+            retry_uncertain=self._retry_uncertain,
+        )
         prompt = request.prompt
-        if record is not None and state == "succeeded":
-            paths = tuple(self._out_dir / name for name in record.files)
-            if record.task_id is not None and not all(path.is_file() for path in paths):
-                return "attach"  # the images went missing: fetch them again, never re-create
+        if decision == "attach":
+            return "attach"
+        if record is not None and decision == "done":
             self._finish(
                 position,
                 key,
@@ -489,13 +491,11 @@ class Batch:
                 BatchItemStatus.SUCCEEDED,
                 task_id=record.task_id,
                 cost=record.cost,
-                paths=paths,
+                paths=tuple(self._out_dir / name for name in record.files),
                 earlier=True,
             )
             return None
-        if record is not None and state == "running" and record.task_id is not None:
-            return "attach"
-        if record is not None and state == "failed" and not self._retry_failed:
+        if record is not None and decision == "failed":
             self._finish(
                 position,
                 key,
@@ -506,11 +506,7 @@ class Batch:
                 earlier=True,
             )
             return None
-        if (
-            record is not None
-            and state in ("submitting", "uncertain")
-            and not self._retry_uncertain
-        ):
+        if record is not None and decision == "uncertain":
             detail = record.error or "the run stopped while its create was on its way"
             self._finish(
                 position,

@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import attrs
@@ -172,6 +172,49 @@ class ItemKeys:
         occurrence = self._seen.get(content, 0)
         self._seen[content] = occurrence + 1
         return content if occurrence == 0 else request_key(request, occurrence)
+
+
+#: What a run does with an item, given its journal record: see `decide`.
+Decision = Literal["send", "attach", "done", "failed", "uncertain"]
+
+
+def decide(
+    record: JournalRecord | None,
+    *,
+    out_dir: Path,
+    retry_failed: bool = False,
+    retry_uncertain: bool = False,
+) -> Decision:
+    """Return what a run does with an item whose last journal record is *record*.
+
+    `done`: its images are on disk. `attach`: its task runs, or its images went missing (fetched
+    again, never re-created). `failed`/`uncertain`: reported from the earlier run, not re-sent
+    unless asked. `send`: a create is sent.
+    """
+    if record is None:
+        return "send"
+    state = record.state
+    if state == "succeeded":
+        if record.task_id is not None and not all(
+            (out_dir / name).is_file() for name in record.files
+        ):
+            return "attach"
+        return "done"
+    if state == "running" and record.task_id is not None:
+        return "attach"
+    if state == "failed" and not retry_failed:
+        return "failed"
+    if state in ("submitting", "uncertain") and not retry_uncertain:
+        return "uncertain"
+    return "send"
+
+
+def lookup(
+    index: Mapping[str, JournalRecord], key: str, position: int, request: GenerationRequest
+) -> JournalRecord | None:
+    """Return the item's record: by its key, else by the key a 0.1 journal gave it (its line)."""
+    record = index.get(key)
+    return record if record is not None else index.get(legacy_key(position, request))
 
 
 def estimate_cost(model: str | None) -> int:

@@ -110,7 +110,18 @@ def _start_pytest(folder: Path) -> _Job:
             (folder / f"{name}.py").write_text(sample.code)
             files[name] = sample.id
     (folder / "conftest.py").write_text(PYTEST_CONFTEST)
-    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:asyncio",
+        "-W",
+        "error",
+    ]
     argv += ["--rootdir", str(folder), f"--junitxml={folder / 'report.xml'}", str(folder)]
     return _Job(folder, files, argv)
 
