@@ -238,7 +238,7 @@ def decode_answer(
     """Return the task object of an answer, or raise its typed error.
 
     Handles `{"data": ...}`, `{"code", "msg", "data"}`, a bare task object, and every error shape of
-    API.md (`error`, `message`, `code`+`msg`, `success: false`, plain text, HTML), on any status.
+    docs/api.md (`error`, `message`, `code`+`msg`, `success: false`, text, HTML), on any status.
     """
     try:
         parsed: Any = json.loads(body) if body.strip()[:1] in (b"{", b"[") else None

@@ -19,7 +19,7 @@ from .._client import API_KEY_ENV, DEFAULT_MAX_CONCURRENCY
 #: Divides every poll delay (for emulators running faster than real time); also `--poll-speed`.
 POLL_SPEED_ENV = "NANOBANANA_POLL_SPEED"
 #: Model names the command sends without `--any-model`: the documented ones, then the ones
-#: third parties report (API.md).
+#: third parties report (docs/api.md).
 KNOWN_MODELS = (*MODEL_COSTS, "nano-banana-2", "nano-banana-pro-vip")
 #: Image sizes, as the API spells them.
 IMAGE_SIZES = ("1K", "2K", "4K")

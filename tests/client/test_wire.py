@@ -240,7 +240,7 @@ def _raises(status: int, body: bytes | str, header: str | None = None) -> nb.Nan
 def test_json_error_shapes_map_to_typed_errors(
     status: int, body: dict[str, Any], error: type[nb.APIStatusError], message: str
 ) -> None:
-    """Each JSON error shape of API.md §3 raises its typed error with the server's message."""
+    """Each JSON error shape of docs/api.md §3 raises its typed error with the server's message."""
     raised = _raises(status, json.dumps(body))
     assert type(raised) is error
     assert isinstance(raised, nb.APIStatusError)
