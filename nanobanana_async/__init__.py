@@ -74,6 +74,7 @@ from ._models import (
     TaskSnapshot,
     TaskStatus,
 )
+from ._redis import RedisLimiter
 from ._task import Task
 from ._version import __version__
 
@@ -120,6 +121,7 @@ __all__ = [
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
+    "RedisLimiter",
     "RequestKind",
     "RetryEvent",
     "RetryPolicy",
