@@ -52,6 +52,9 @@ logger = logging.getLogger("nanobanana_async.redis")
 
 #: The longest a waiter of a dead process can hold its place in the queue (seconds).
 MAX_WAITER_TTL = 5.0
+#: How many slots or waiters given up while Redis was away are remembered to remove later (the
+#: rest lapse on their own).
+MAX_UNRELEASED = 1000
 #: How long a store that failed is not asked again by the calls that must never fail (seconds).
 OUTAGE_BACKOFF = 1.0
 
@@ -71,7 +74,8 @@ if not epoch then
   -- until then, while their holders re-assert them.
   local info = redis.call('INFO', 'server')
   local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0
-  local grace = now - (up + 1) * 1000 + tonumber(ARGV[3])
+  -- uptime is rounded down, so the start is at most `up` seconds ago: the later bound.
+  local grace = now - up * 1000 + tonumber(ARGV[3])
   redis.call('HSET', meta, 'epoch', ARGV[2], 'grace', grace)
   epoch = ARGV[2]
 end
@@ -388,6 +392,8 @@ class RedisLimiter(BaseLimiter):
         self._scripts: dict[str, AsyncScript] = {}
         self._waiting: dict[str, _Waiter] = {}
         self._dropped: list[str] = []
+        # Leases given back while Redis could not be reached, to remove from it when it can.
+        self._unreleased: list[str] = []
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -445,10 +451,11 @@ class RedisLimiter(BaseLimiter):
                 job.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await job
-        tokens = [*self._held, *self._waiting, *self._dropped]
+        tokens = [*self._held, *self._waiting, *self._dropped, *self._unreleased]
         self._held.clear()
         self._waiting.clear()
         self._dropped.clear()
+        self._unreleased.clear()
         if self._client is not None:
             if tokens:
                 with contextlib.suppress(Exception):
@@ -467,12 +474,22 @@ class RedisLimiter(BaseLimiter):
             raise ClientClosedError("the limiter is closed")
         if self._client is None:
             import redis.asyncio
+            import redis.asyncio.retry
+            import redis.backoff
+            import redis.exceptions
 
             self._client = redis.asyncio.Redis.from_url(
                 self._url,
                 decode_responses=True,
                 socket_connect_timeout=2.0,
                 socket_timeout=5.0,
+                # A pooled connection that died with a restarted server is retried at once on a
+                # fresh one; a script whose answer was lost may run twice, which they all allow.
+                retry=redis.asyncio.retry.Retry(
+                    redis.backoff.ExponentialBackoff(cap=0.25, base=0.02),
+                    2,
+                    supported_errors=(redis.exceptions.ConnectionError,),
+                ),
             )
             for name, source in (
                 ("acquire", _ACQUIRE),
@@ -594,55 +611,72 @@ class RedisLimiter(BaseLimiter):
         """Ask Redis for slots on behalf of every local waiter, until none is left."""
         self._start_listener()
         try:
-            while self._waiting:
-                self._wake.clear()
-                # At most one window of local waiters queues in Redis: the rest follow in order.
-                waiters = list(itertools.islice(self._waiting, self._window))
-                maximum = self._max_concurrency if self._max_concurrency is not None else 2**31
-                try:
-                    answer = await self._call(
-                        "acquire",
-                        [self._meta, self._leases, self._queue, self._beats],
-                        [maximum, round(self._waiter_ttl * 1000), self._channel, *waiters],
-                    )
-                except Exception as exc:
-                    # Fail closed: every create waiting here is abandoned unsent.
-                    error = exc
-                    if not isinstance(exc, (LimiterUnavailableError, ClientClosedError)):
-                        error = self._unavailable(exc)
-                    for waiter in list(self._waiting.values()):
-                        if not waiter.future.done():
-                            waiter.future.set_exception(error)
-                    self._waiting.clear()
-                    return
-                next_ms = int(answer[1])
-                granted = [str(token) for token in answer[2:]]
-                now = time.monotonic()
-                orphans: list[str] = []
-                for token in granted:
-                    found = self._waiting.pop(token, None)
-                    if found is None or found.future.done():
-                        orphans.append(token)  # its caller gave up meanwhile
-                        continue
-                    self._held[token] = now
-                    found.future.set_result(Lease(token))
-                if granted:
-                    self._start_keeper()
-                orphans.extend(self._dropped)
-                self._dropped.clear()
-                if orphans:
-                    await self._release_tokens(orphans)
+            while True:
+                while self._waiting:
+                    if not await self._dispatch_round():
+                        return
+                await self._flush_releases()
+                # No await between this check and the end: a new waiter starts a new dispatcher.
                 if not self._waiting:
-                    break
-                timeout = min(self._heartbeat, max(next_ms, 1) / 1000 + 0.005)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    return
         finally:
-            if self._dropped:
-                dropped, self._dropped = self._dropped, []
-                with contextlib.suppress(Exception):
-                    await self._release_tokens(dropped)
             self._stop_listener()
+
+    async def _dispatch_round(self) -> bool:
+        """Ask once for the first window of local waiters; False when Redis failed them all."""
+        self._wake.clear()
+        # At most one window of local waiters queues in Redis: the rest follow in order.
+        waiters = list(itertools.islice(self._waiting, self._window))
+        maximum = self._max_concurrency if self._max_concurrency is not None else 2**31
+        try:
+            answer = await self._call(
+                "acquire",
+                [self._meta, self._leases, self._queue, self._beats],
+                [maximum, round(self._waiter_ttl * 1000), self._channel, *waiters],
+            )
+        except Exception as exc:
+            # Fail closed: every create waiting here is abandoned unsent.
+            error = exc
+            if not isinstance(exc, (LimiterUnavailableError, ClientClosedError)):
+                error = self._unavailable(exc)
+            for waiter in list(self._waiting.values()):
+                if not waiter.future.done():
+                    waiter.future.set_exception(error)
+            # Their places in the queue (and any slot granted unseen) go when Redis is back.
+            self._unreleased.extend(self._waiting)
+            del self._unreleased[:-MAX_UNRELEASED]
+            self._waiting.clear()
+            return False
+        next_ms = int(answer[1])
+        granted = [str(token) for token in answer[2:]]
+        now = time.monotonic()
+        for token in granted:
+            found = self._waiting.pop(token, None)
+            if found is None or found.future.done():
+                self._dropped.append(token)  # its caller gave up meanwhile
+                continue
+            self._held[token] = now
+            found.future.set_result(Lease(token))
+        if granted:
+            self._start_keeper()
+        await self._flush_releases()
+        if self._waiting:
+            timeout = min(self._heartbeat, max(next_ms, 1) / 1000 + 0.005)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+        return True
+
+    async def _flush_releases(self) -> None:
+        """Remove from Redis the waiters that gave up and the slots it could not take back."""
+        tokens = [*self._dropped, *self._unreleased]
+        if not tokens:
+            return
+        self._dropped.clear()
+        self._unreleased.clear()
+        try:
+            await self._release_tokens(tokens)
+        except Exception:
+            self._unreleased.extend(tokens)
 
     def _start_listener(self) -> None:
         if self._listener is None or self._listener.done():
@@ -684,8 +718,12 @@ class RedisLimiter(BaseLimiter):
         if not self._held:
             self._stop_keeper()
         try:
-            await self._release_tokens([lease.token])
+            await self._release_tokens([*self._unreleased, lease.token])
+            self._unreleased.clear()
         except Exception as exc:
+            # Given back at the next release that reaches Redis, else it lapses on its own.
+            self._unreleased.append(lease.token)
+            del self._unreleased[:-MAX_UNRELEASED]
             logger.warning(
                 "could not release a slot in Redis at %s (%s); it lapses in %.0f s",
                 self._shown_url,

@@ -23,6 +23,7 @@ class Worker:
         self.process = process
         self.stderr = stderr
         self.lines: list[str] = []
+        self.saved_errors = ""
 
     @classmethod
     async def start(cls, **config: Any) -> Worker:
@@ -80,7 +81,9 @@ class Worker:
         await asyncio.wait_for(self.process.wait(), PATIENCE)
 
     def errors(self) -> str:
-        """What the worker wrote to stderr."""
+        """What the worker wrote to stderr (the end of it)."""
+        if self.stderr.closed:
+            return self.saved_errors
         self.stderr.seek(0)
         return str(self.stderr.read().decode(errors="replace"))[-3000:]
 
@@ -89,4 +92,6 @@ class Worker:
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
-        self.stderr.close()
+        if not self.stderr.closed:
+            self.saved_errors = self.errors()
+            self.stderr.close()
