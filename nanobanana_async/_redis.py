@@ -52,6 +52,9 @@ logger = logging.getLogger("nanobanana_async.redis")
 
 #: The longest a waiter of a dead process can hold its place in the queue (seconds).
 MAX_WAITER_TTL = 5.0
+#: How many waiters of one process queue in Redis at once (or the cap, if larger); the others
+#: join in their order as those are served.
+QUEUE_WINDOW = 64
 #: How many slots or waiters given up while Redis was away are remembered to remove later (the
 #: rest lapse on their own).
 MAX_UNRELEASED = 1000
@@ -363,7 +366,7 @@ class RedisLimiter(BaseLimiter):
         self._waiter_ttl = min(self.lease_seconds, MAX_WAITER_TTL)
         # The dispatcher refreshes its waiters' places at least this often.
         self._heartbeat = self._waiter_ttl / 4
-        self._window = max_concurrency if max_concurrency is not None else 1
+        self._window = max(max_concurrency or 1, QUEUE_WINDOW)
         self._process = os.urandom(8).hex()
         self._counter = itertools.count(1)
         # What this process holds: leases (token -> when last pushed to Redis) and credits.
