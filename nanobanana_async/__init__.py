@@ -64,22 +64,28 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
 )
+from ._gallery import DEFAULT_GALLERY_REFRESH, GALLERY_NAME, Gallery, write_gallery
 from ._inputs import MODEL_COSTS
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
+    AspectRatio,
     GeneratedImage,
     GenerationRequest,
     ImageInput,
+    ImageSize,
+    ModelName,
     TaskResult,
     TaskSnapshot,
     TaskStatus,
 )
 from ._redis import RedisLimiter
+from ._submitter import SubmitHooks
 from ._task import Task
 from ._version import __version__
 
 __all__ = [
     "APIStatusError",
+    "AspectRatio",
     "AuthenticationError",
     "BadRequestError",
     "BaseLimiter",
@@ -96,6 +102,7 @@ __all__ = [
     "CreditUsage",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DOWNLOAD_TIMEOUT",
+    "DEFAULT_GALLERY_REFRESH",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_POLL_JITTER",
     "DEFAULT_POLL_MAX_INTERVAL",
@@ -106,15 +113,19 @@ __all__ = [
     "DEFAULT_RETRY_INITIAL_BACKOFF",
     "DEFAULT_RETRY_MAX_BACKOFF",
     "DEFAULT_TASK_TIMEOUT",
+    "Gallery",
+    "GALLERY_NAME",
     "GeneratedImage",
     "GenerationRequest",
     "ImageInput",
+    "ImageSize",
     "InsufficientCreditsError",
     "InvalidRequestError",
     "Lease",
     "Limiter",
     "LimiterUnavailableError",
     "MODEL_COSTS",
+    "ModelName",
     "NanoBananaError",
     "NotFoundError",
     "PermissionDeniedError",
@@ -128,6 +139,7 @@ __all__ = [
     "run_batch",
     "ServerError",
     "SubmitAbandonedError",
+    "SubmitHooks",
     "SubmitUncertainError",
     "Task",
     "TaskError",
@@ -138,5 +150,6 @@ __all__ = [
     "TaskTimeoutError",
     "Timeouts",
     "TransportError",
+    "write_gallery",
     "__version__",
 ]

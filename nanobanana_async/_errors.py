@@ -40,7 +40,12 @@ def excerpt(body: bytes | str, limit: int = EXCERPT_LIMIT) -> str:
 
 
 class NanoBananaError(Exception):
-    """Raised for every failure of this library; the root of the error tree."""
+    """Raised for every failure of this library; the root of the error tree.
+
+    `task_id` names the task the error ended, when it concerns a created task.
+    """
+
+    task_id: str | None = None
 
 
 class InvalidRequestError(NanoBananaError, ValueError):

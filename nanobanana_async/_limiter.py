@@ -61,6 +61,13 @@ class BaseLimiter(abc.ABC):
     async def release(self, lease: Lease) -> None:
         """Give a slot back; releasing a lease twice is harmless."""
 
+    def release_nowait(self, lease: Lease) -> bool:
+        """Give a slot back at once if that needs no I/O; return False if `release()` must run.
+
+        The client calls this first when a task ends, so that its waiters find the slot free.
+        """
+        return False
+
     async def renew(self, lease: Lease) -> None:  # noqa: B027 - optional for in-process limiters
         """Keep a lease alive (stores whose leases expire need this); a no-op by default."""
 
@@ -149,6 +156,16 @@ class Limiter(BaseLimiter):
 
     async def release(self, lease: Lease) -> None:
         """Give a slot back; releasing a lease twice is harmless."""
+        self._give_back(lease)
+
+    def release_nowait(self, lease: Lease) -> bool:
+        """Give a slot back at once (False when a subclass overrides `release`, to call it)."""
+        if type(self).release is not Limiter.release:
+            return False
+        self._give_back(lease)
+        return True
+
+    def _give_back(self, lease: Lease) -> None:
         if lease.token in self._held:
             self._held.discard(lease.token)
             if self._slots is not None:

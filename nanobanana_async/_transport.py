@@ -91,6 +91,8 @@ class Transport:
         self._gate = gate
         self._closed = False
         self._urls: dict[str, yarl.URL] = {}
+        #: Whether the server ever answered a request (a wrong URL never does).
+        self.answered = False
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -168,6 +170,7 @@ class Transport:
                         body = body.replace(self._key_bytes, b"[redacted]")
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
+                    self.answered = True
             except NETWORK_ERRORS as exc:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug(
@@ -190,7 +193,8 @@ class Transport:
 
     def network_error(self, exc: BaseException, what: str) -> TransportError:
         """Wrap a network failure as a `TransportError` whose text holds no secret."""
-        return TransportError(f"{what} failed: {self.redact(describe(exc))}")
+        where = "" if self.answered else f" (no answer yet from {self.base_url})"
+        return TransportError(f"{what} failed{where}: {self.redact(describe(exc))}")
 
     async def aclose(self) -> None:
         """Close the session if this transport made it; make no new one after."""
