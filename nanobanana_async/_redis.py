@@ -52,6 +52,10 @@ logger = logging.getLogger("nanobanana_async.redis")
 
 #: The longest a waiter of a dead process can hold its place in the queue (seconds).
 MAX_WAITER_TTL = 5.0
+#: How long a check that found no pause in Redis lets polls go without asking again (seconds).
+POLL_PAUSE_RECHECK = 0.2
+#: Connections to Redis of one limiter at most.
+MAX_CONNECTIONS = 16
 #: How many waiters of one process queue in Redis at once (or the cap, if larger); the others
 #: join in their order as those are served.
 QUEUE_WINDOW = 64
@@ -380,6 +384,7 @@ class RedisLimiter(BaseLimiter):
             max_concurrency=None, max_requests_per_second=max_requests_per_second, burst=burst
         )
         self._outage_until = 0.0
+        self._no_pause_at = -math.inf
         self._outage_backoff = min(OUTAGE_BACKOFF, self.lease_seconds / 6)
         self._reasserting = asyncio.Lock()
         parts = urllib.parse.urlsplit(url)
@@ -467,7 +472,7 @@ class RedisLimiter(BaseLimiter):
                         args=[self._channel, *tokens],
                         client=self._client,
                     )
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)
             self._client = None
 
     # --- the store --------------------------------------------------------------------------------
@@ -481,8 +486,12 @@ class RedisLimiter(BaseLimiter):
             import redis.backoff
             import redis.exceptions
 
-            self._client = redis.asyncio.Redis.from_url(
+            # A few connections serve every task of the process: callers queue for one (a
+            # pub/sub subscription holds one of them while acquirers wait).
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self._url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=5.0,
                 decode_responses=True,
                 socket_connect_timeout=2.0,
                 socket_timeout=5.0,
@@ -494,6 +503,7 @@ class RedisLimiter(BaseLimiter):
                     supported_errors=(redis.exceptions.ConnectionError,),
                 ),
             )
+            self._client = redis.asyncio.Redis(connection_pool=pool)
             for name, source in (
                 ("acquire", _ACQUIRE),
                 ("renew", _RENEW),
@@ -789,6 +799,7 @@ class RedisLimiter(BaseLimiter):
     async def pause(self, seconds: float) -> None:
         """Hold every request of the key, in every process, for *seconds*; never raises."""
         await self._own_pause.pause(seconds)
+        self._no_pause_at = -math.inf
         if seconds <= 0:
             return
         try:
@@ -803,6 +814,9 @@ class RedisLimiter(BaseLimiter):
     async def ready(self, kind: RequestKind = "create") -> None:
         """Wait for the shared pause and a token of the shared rate bucket.
 
+        Without a rate cap, a poll within `POLL_PAUSE_RECHECK` seconds of a check that found no
+        pause leaves without asking Redis again (a pause reaches polls that much later).
+
         Raises:
             LimiterUnavailableError: Redis cannot be reached and *kind* is ``"create"``. For a
                 poll it never raises: local limits apply instead.
@@ -811,9 +825,13 @@ class RedisLimiter(BaseLimiter):
         while True:
             # Our own pauses hold even when Redis forgot them (a restart).
             await self._own_pause.ready(kind)
-            if kind == "poll" and time.monotonic() < self._outage_until:
-                await self._local.ready(kind)
-                return
+            if kind == "poll":
+                now = time.monotonic()
+                if now < self._outage_until:
+                    await self._local.ready(kind)
+                    return
+                if not rate and now - self._no_pause_at < POLL_PAUSE_RECHECK:
+                    return
             try:
                 answer = await self._call("ready", [self._meta], [rate, self.burst])
             except Exception as exc:
@@ -826,6 +844,7 @@ class RedisLimiter(BaseLimiter):
                 return
             wait_ms = int(answer[1])
             if wait_ms <= 0:
+                self._no_pause_at = time.monotonic()
                 return
             await asyncio.sleep(wait_ms / 1000)
 
