@@ -307,8 +307,9 @@ class RedisLimiter(BaseLimiter):
         max_concurrency: Generations in flight at once over all processes; `None`: no limit.
         max_requests_per_second: Rate cap over all requests of the key; `None`: no cap.
         burst: How many requests may leave at once under the rate cap.
-        lease_seconds: How long a slot outlives its holder when the holder dies; must exceed the
-            longest pause between the holder's calls (its event loop is kept busy otherwise).
+        lease_seconds: How long a slot outlives a holder that stopped renewing it (a dead
+            process); keep it well above any stall of the event loop. An empty Redis (first
+            start, restart) grants no new slot for this long after it started.
         max_credits: A credit budget shared by every process; `None`: none.
     """
 
@@ -599,9 +600,10 @@ class RedisLimiter(BaseLimiter):
         Raises:
             LimiterUnavailableError: Redis cannot be reached; nothing may be sent.
         """
+        if self._closed:
+            raise ClientClosedError("the limiter is closed")
         token = f"{self._process}-{next(self._counter)}"
         if self._max_concurrency is None:
-            self._redis()
             return Lease(token)
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiting[token] = _Waiter(token, future)
