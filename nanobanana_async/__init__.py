@@ -11,15 +11,7 @@ async with nb.Client() as client:
 
 from __future__ import annotations
 
-from ._batch import (
-    Batch,
-    BatchEvent,
-    BatchEventKind,
-    BatchItem,
-    BatchItemStatus,
-    BatchSummary,
-    run_batch,
-)
+from ._batch import Batch, run_batch
 from ._client import Client
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -64,6 +56,7 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
 )
+from ._events import BatchEvent, BatchEventKind, BatchItem, BatchItemStatus, BatchSummary
 from ._gallery import DEFAULT_GALLERY_REFRESH, GALLERY_NAME, Gallery, write_gallery
 from ._inputs import MODEL_COSTS
 from ._limiter import BaseLimiter, Lease, Limiter

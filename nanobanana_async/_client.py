@@ -8,7 +8,7 @@ import contextvars
 import os
 import random
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, overload
@@ -67,6 +67,22 @@ DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_FANOUT_WINDOW = 128
 API_KEY_ENV = "NANOBANANA_API_KEY"
 BASE_URL_ENV = "NANOBANANA_BASE_URL"
+#: Divides poll delays when set: match the speed of an emulator (`nanobanana emulator` prints it).
+POLL_SPEED_ENV = "NANOBANANA_POLL_SPEED"
+
+
+def _env_poll_speed() -> float:
+    raw = os.environ.get(POLL_SPEED_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        speed = float(raw)
+    except ValueError:
+        speed = float("nan")
+    if not speed > 0 or speed == float("inf"):
+        raise InvalidRequestError(POLL_SPEED_ENV, f"must be a positive number; got {raw!r}")
+    return speed
+
 
 #: Statuses below 500 that a poll may simply repeat (every 5xx may be repeated too).
 _RETRY_POLL_STATUSES = frozenset({408, 425, 429})
@@ -95,7 +111,8 @@ class Client:
         api_key: The key; defaults to `$NANOBANANA_API_KEY`.
         base_url: Defaults to `$NANOBANANA_BASE_URL`, then `https://nanobananapro.cloud`.
         max_concurrency: Generations in flight at once (ignored when `limiter` is given).
-        poll: Bounds of the adaptive poll timing.
+        poll: Bounds of the adaptive poll timing; default `PollPolicy()`, with its `speed` from
+            `$NANOBANANA_POLL_SPEED` when set (what `nanobanana emulator` prints).
         retry: Retries of safe requests.
         timeouts: Network timeouts and the per-task deadline.
         limiter: A `Limiter` shared with other clients of the same key.
@@ -114,7 +131,7 @@ class Client:
         *,
         base_url: str | None = None,
         max_concurrency: int | None = DEFAULT_MAX_CONCURRENCY,
-        poll: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
+        poll: PollPolicy | None = None,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen value
         limiter: BaseLimiter | None = None,
@@ -135,6 +152,8 @@ class Client:
         url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         if not url.startswith(("http://", "https://")):
             raise InvalidRequestError("base_url", f"must be an http(s) URL; got {url!r}")
+        if poll is None:
+            poll = PollPolicy(speed=_env_poll_speed())
         positive_int("max_connections", max_connections)
         positive_int("max_download_bytes", max_download_bytes)
         if max_credits is not None and (
@@ -187,6 +206,7 @@ class Client:
             max_bytes=max_download_bytes,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._keeper: asyncio.Task[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -209,11 +229,37 @@ class Client:
     ) -> None:
         await self.aclose()
 
+    def __enter__(self) -> Client:
+        raise TypeError(
+            "nanobanana_async.Client is asynchronous: use `async with nb.Client() as client:` "
+            "inside an async function run by asyncio.run() (in Jupyter or `python -m asyncio`, "
+            "top-level `await` works too)"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: `__enter__` refuses synchronous use."""
+
     async def aclose(self) -> None:
         """Stop polling, wake every waiter with `ClientClosedError`, free every slot and socket."""
         if self._closed:
             return
         self._closed = True
+        keeper, self._keeper = self._keeper, None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._loop is not None and running is not self._loop:
+            # The loop this client ran on has ended (a later asyncio.run): its keeper closed
+            # the session as that loop shut down; nothing of that loop may be touched now.
+            return
+        await self._close_on_loop()
+        if keeper is not None:
+            keeper.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _close_on_loop(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._scheduler.aclose()
             await self._submitter.aclose()
@@ -274,9 +320,17 @@ class Client:
         if scope.cancelled_caught:
             raise _GateTimeout
 
+    async def _keep(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self._keeper is not None:  # not aclose(): the event loop is shutting down
+                self._closed = True
+                self._keeper = None
+                await self._close_on_loop()
+            raise
+
     def _check(self) -> None:
-        if self._closed:
-            raise ClientClosedError("the client is closed")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -284,12 +338,17 @@ class Client:
                 "nanobanana_async needs a running asyncio event loop (aiohttp is asyncio-only): "
                 "use asyncio.run(), or anyio.run(..., backend='asyncio'); trio is not supported"
             ) from None
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:
+        if self._loop is not None and loop is not self._loop:
             raise ClientStateError(
                 "this client belongs to another event loop; make one client per event loop"
             )
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        if self._loop is None:
+            self._loop = loop
+            # Closes the session if the loop ends with the client still open (asyncio.run
+            # cancels what is left): no unclosed session, and aclose() later is harmless.
+            self._keeper = loop.create_task(self._keep(), name="nanobanana-keeper")
 
     # --- submitting ------------------------------------------------------------------------------
 
@@ -544,16 +603,16 @@ class Client:
     @overload
     def as_completed(
         self, requests: Requests, *, return_exceptions: Literal[False] = False
-    ) -> AsyncIterator[Task]: ...
+    ) -> AsyncGenerator[Task, None]: ...
 
     @overload
     def as_completed(
         self, requests: Requests, *, return_exceptions: Literal[True]
-    ) -> AsyncIterator[Task | NanoBananaError]: ...
+    ) -> AsyncGenerator[Task | NanoBananaError, None]: ...
 
     async def as_completed(
         self, requests: Requests, *, return_exceptions: bool = False
-    ) -> AsyncIterator[Task | NanoBananaError]:
+    ) -> AsyncGenerator[Task | NanoBananaError, None]:
         """Submit every request (lazily, O(max_concurrency) at a time); yield tasks as they end.
 
         Failed tasks are yielded too (`await task` raises). A submit error is raised at once

@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import attrs
 
-from ._batch import JOURNAL_NAME
 from ._errors import InvalidRequestError
 from ._inputs import MODEL_COSTS
+from ._journal import JOURNAL_NAME
 
 #: The gallery's file name in the output folder.
 GALLERY_NAME = "index.html"
