@@ -71,6 +71,7 @@ OUTAGE_BACKOFF = 1.0
 # ARGV[3] the lease time in ms. It returns {"epoch", id} instead of running when they differ.
 
 _PRELUDE = """
+if redis.replicate_commands then redis.replicate_commands() end  -- Redis < 7: TIME, then writes
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local meta = KEYS[1]
@@ -79,8 +80,9 @@ if not epoch then
   -- A new store (first use, a restart or a flush). Leases held before a restart were renewed
   -- before it, so they lapse within one lease time of the server's start: grant nothing new
   -- until then, while their holders re-assert them.
-  local info = redis.call('INFO', 'server')
-  local up = tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0
+  -- Where INFO is refused, the server counts as started now (the longest grace).
+  local ok, info = pcall(redis.call, 'INFO', 'server')
+  local up = ok and tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0
   -- uptime is rounded down, so the start is at most `up` seconds ago: the later bound.
   local grace = now - up * 1000 + tonumber(ARGV[3])
   redis.call('HSET', meta, 'epoch', ARGV[2], 'grace', grace)
@@ -169,6 +171,7 @@ return result
 # KEYS: meta, leases. ARGV[1] the epoch the caller re-asserts into, ARGV[2] lease ms, ARGV[3] max,
 # ARGV[4] credits, ARGV[5..] leases. Runs after a script answered {"epoch", id}.
 _REASSERT = """
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local meta, leases = KEYS[1], KEYS[2]
@@ -237,6 +240,7 @@ return {'ok', math.ceil((1 - tokens) * 1000 / rate)}
 
 # KEYS: meta. ARGV[1] ms. Extends the pause (never shortens it).
 _PAUSE = """
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local until_ms = now + tonumber(ARGV[1])
@@ -885,8 +889,8 @@ class RedisLimiter(BaseLimiter):
     async def _adjust(self, delta: int) -> None:
         if self.max_credits is None or delta == 0:
             return
-        self._committed += delta
         try:
+            # A re-assertion inside this call (a new store) counts what we held before delta.
             await self._call("credits", [self._meta], [delta, ""])
         except Exception as exc:
             # Redis keeps the larger figure: the budget errs on the side of spending less.
@@ -896,6 +900,8 @@ class RedisLimiter(BaseLimiter):
                 delta,
                 type(exc).__name__,
             )
+        finally:
+            self._committed += delta
 
 
 def _is_store_error(exc: BaseException) -> bool:
