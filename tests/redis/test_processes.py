@@ -41,22 +41,21 @@ async def emulator() -> AsyncIterator[Emulator]:
         yield emu
 
 
-async def test_four_workers_share_a_cap_of_six(
-    emulator: Emulator, redis_server: RedisServer
-) -> None:
+async def test_four_workers_share_a_cap_of_six(redis_server: RedisServer) -> None:
     """4 processes x 25 tasks with a shared cap of 6: never more than 6 run, and 6 do run."""
-    config = _config(emulator, redis_server, cap=6, speed=20.0, duration=12.0, tasks=25)
-    workers = [await Worker.start(worker=n, wait_go=True, **config) for n in range(4)]
-    for worker in workers:
-        await worker.wait_for("ready")
-    # Everyone queues at once: the first six creates are all sent before the first task ends.
-    for worker in workers:
-        worker.go()
-    summaries = await _run_all(workers)
+    # Tasks take 0.7 s of real time: the first six creates all land before the first task ends.
+    async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=14.0) as emu:
+        config = _config(emu, redis_server, cap=6, speed=20.0, duration=14.0, tasks=25)
+        workers = [await Worker.start(worker=n, wait_go=True, **config) for n in range(4)]
+        for worker in workers:
+            await worker.wait_for("ready")
+        # Everyone queues at once, so that the cap fills at the start.
+        for worker in workers:
+            worker.go()
+        summaries = await _run_all(workers)
     assert [s.get("succeeded") for s in summaries] == [25, 25, 25, 25]
-    ledger = emulator.ledger
-    assert ledger.tasks_created == 100
-    assert ledger.max_running == 6
+    assert emu.ledger.tasks_created == 100
+    assert emu.ledger.max_running == 6
 
 
 async def test_a_killed_worker_frees_its_slots_within_the_lease(

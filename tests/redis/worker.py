@@ -34,10 +34,11 @@ async def main(config: dict[str, Any]) -> None:
     )
     speed = config["speed"]
     duration = config["duration"]
+    # The first poll comes just after the task's end; later ones (after a restart, say) often.
     poll = nb.PollPolicy(
-        initial_delay=duration,
-        min_interval=duration / 5,
-        max_interval=duration / 5,
+        initial_delay=duration * 1.05,
+        min_interval=duration / 10,
+        max_interval=duration / 10,
         jitter=0.0,
         speed=speed,
     )
