@@ -736,12 +736,13 @@ class RedisLimiter(BaseLimiter):
             return
         if not self._held:
             self._stop_keeper()
+        tokens = [*self._unreleased, lease.token]
+        self._unreleased.clear()
         try:
-            await self._release_tokens([*self._unreleased, lease.token])
-            self._unreleased.clear()
+            await self._release_tokens(tokens)
         except Exception as exc:
             # Given back at the next release that reaches Redis, else it lapses on its own.
-            self._unreleased.append(lease.token)
+            self._unreleased.extend(tokens)
             del self._unreleased[:-MAX_UNRELEASED]
             logger.warning(
                 "could not release a slot in Redis at %s (%s); it lapses in %.0f s",
