@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import time
 import unicodedata
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
@@ -24,6 +25,9 @@ from typing import Union
 import anyio
 import attrs
 from anyio.abc import TaskGroup
+
+if sys.version_info < (3, 11):  # pragma: no cover - anyio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup
 
 from ._client import Client
 from ._config import RetryEvent
@@ -94,6 +98,25 @@ _STOP_ERRORS: tuple[type[NanoBananaError], ...] = (
     PermissionDeniedError,
     InsufficientCreditsError,
 )
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Return the first error of a task group's group, preferring ours to cancellations."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for wanted in (NanoBananaError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, wanted):
+                return leaf
+    return leaves[0]
 
 
 # --- file names -------------------------------------------------------------------------------
@@ -291,6 +314,9 @@ class Batch:
                             await self._produce(group, journal)
                 finally:
                     views.cancel_scope.cancel()
+        except BaseExceptionGroup as group_error:
+            # One error, as the caller expects (e.g. ClientClosedError), not a group of them.
+            raise first_error(group_error) from None
         finally:
             remove_listener()
             journal.close()

@@ -283,6 +283,11 @@ class Client:
         return self._credits.usage()
 
     @property
+    def poll_policy(self) -> PollPolicy:
+        """The bounds of this client's poll timing (its `speed` may come from the environment)."""
+        return self._poll_policy
+
+    @property
     def limiter(self) -> BaseLimiter:
         """The limiter that counts this client's generations in flight."""
         return self._limiter

@@ -341,9 +341,13 @@ class Submitter:
         claim.settled = True
         lease = claim.lease
         assert lease is not None  # a claim always holds a lease once acquired
-        with anyio.CancelScope(shield=True):
-            await self._limiter.settle(claim.reserved, cost)
         task = self._track(snapshot, request, lease, cost)
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._limiter.settle(claim.reserved, cost)
+            except Exception:
+                # The task exists and is paid for: a limiter's bookkeeping must not lose it.
+                logger.exception("the limiter failed to settle the create of task %s", task.id)
         if hooks is not None and hooks.on_created is not None:
             await hooks.on_created(task)
         if logger.isEnabledFor(logging.DEBUG):

@@ -26,6 +26,11 @@ import inspect
 import pytest
 
 
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         function = getattr(item, "function", None)
