@@ -71,6 +71,7 @@ from ._models import (
     TaskSnapshot,
     TaskStatus,
 )
+from ._redis import RedisLimiter
 from ._submitter import SubmitHooks
 from ._task import Task
 from ._version import __version__
@@ -124,6 +125,7 @@ __all__ = [
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
+    "RedisLimiter",
     "RequestKind",
     "RetryEvent",
     "RetryPolicy",
