@@ -38,6 +38,7 @@ from ._errors import (
     ClientStateError,
     InsufficientCreditsError,
     InvalidRequestError,
+    LimiterUnavailableError,
     NanoBananaError,
     PermissionDeniedError,
     ProtocolError,
@@ -97,6 +98,7 @@ _STOP_ERRORS: tuple[type[NanoBananaError], ...] = (
     AuthenticationError,
     PermissionDeniedError,
     InsufficientCreditsError,
+    LimiterUnavailableError,
 )
 
 

@@ -674,8 +674,8 @@ class Client:
         """Return a `Task` for a task submitted elsewhere (another request, process or host).
 
         The client polls it at once, then until it is terminal; until the first answer its
-        snapshot's status is `TaskStatus.UNKNOWN` (`await task.refresh()` waits for it). It holds
-        no slot of the limiter.
+        snapshot's status is `TaskStatus.UNKNOWN` (`updates()` yields the first real one). It
+        holds no slot of the limiter.
         """
         if not isinstance(task_id, str) or not task_id.strip():
             raise InvalidRequestError("task_id", "must be a non-empty string")

@@ -7,13 +7,14 @@ Every check raises `UsageError` (exit code 2) with one line naming the option an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from .. import MODEL_COSTS, Client, InvalidRequestError, PollPolicy
+from .. import MODEL_COSTS, BaseLimiter, Client, InvalidRequestError, PollPolicy, RedisLimiter
 from .._client import API_KEY_ENV, DEFAULT_MAX_CONCURRENCY
 
 #: Divides every poll delay (for emulators running faster than real time); also `--poll-speed`.
@@ -168,17 +169,41 @@ def poll_policy(args: argparse.Namespace) -> PollPolicy:
     return PollPolicy(speed=speed)
 
 
-def make_client(
+@contextlib.asynccontextmanager
+async def open_client(
     args: argparse.Namespace, *, max_concurrency: int = DEFAULT_MAX_CONCURRENCY, **options: Any
-) -> Client:
-    """Return a client configured by the command line (key, base URL, poll speed)."""
+) -> AsyncIterator[Client]:
+    """Open a client configured by the command line (key, base URL, poll speed, shared limits).
+
+    With ``--redis URL``, the generations in flight, pauses, request rate and budget are shared
+    with every process using the same URL and ``--limiter-name``.
+    """
+    redis_url: str | None = getattr(args, "redis", None)
     try:
-        return Client(
-            api_key(args),
+        key = api_key(args)
+        poll = poll_policy(args)
+        limiter: BaseLimiter | None = None
+        if redis_url is not None:
+            limiter = RedisLimiter(
+                redis_url,
+                name=args.limiter_name,
+                max_concurrency=max_concurrency,
+                lease_seconds=args.lease_seconds,
+                max_credits=options.pop("max_credits", None),
+            )
+        client = Client(
+            key,
             base_url=args.base_url,
             max_concurrency=max_concurrency,
-            poll=poll_policy(args),
+            poll=poll,
+            limiter=limiter,
             **options,
         )
     except InvalidRequestError as exc:
         raise UsageError(str(exc)) from exc
+    try:
+        async with client:
+            yield client
+    finally:
+        if limiter is not None:
+            await limiter.aclose()

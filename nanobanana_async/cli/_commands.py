@@ -37,7 +37,7 @@ from .._batch import Batch, slugify
 from .._events import BatchEvent, BatchEventKind, BatchSummary, follow, retry_event
 from .._gallery import GALLERY_NAME, write_gallery
 from .._journal import JOURNAL_NAME, ItemKeys, decide, journal_credits, lookup, read_journal
-from ._checks import UsageError, check_file, check_folder, check_model, make_client
+from ._checks import UsageError, check_file, check_folder, check_model, open_client
 from ._input import Defaults, input_format, read_input, scan
 from ._views import (
     EXIT_FAILED,
@@ -136,7 +136,7 @@ def batch_command(args: argparse.Namespace) -> Coroutine[Any, Any, int] | int:
 
 
 async def _batch_async(args: argparse.Namespace, plan: _BatchPlan, budget: int | None) -> int:
-    async with make_client(args, max_concurrency=args.concurrency, max_credits=budget) as client:
+    async with open_client(args, max_concurrency=args.concurrency, max_credits=budget) as client:
         batch = Batch(
             client,
             read_input(plan.path, plan.fmt, plan.defaults),
@@ -410,7 +410,7 @@ def generate_command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 
 
 async def _generate_async(args: argparse.Namespace, request: GenerationRequest) -> int:
-    async with make_client(args, max_concurrency=1) as client:
+    async with open_client(args, max_concurrency=1) as client:
         view = make_view(
             args, sys.stderr, total=1, credits=lambda: client.credits.spent, title=None
         )
@@ -442,7 +442,7 @@ def wait_command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 
 
 async def _wait_async(args: argparse.Namespace) -> int:
-    async with make_client(args, max_concurrency=1) as client:
+    async with open_client(args, max_concurrency=1) as client:
         view = make_view(args, sys.stderr, total=1, credits=lambda: 0, title=None)
         client.add_retry_listener(retry_listener(view))
         with view:
@@ -457,7 +457,7 @@ async def _wait_async(args: argparse.Namespace) -> int:
 
 async def status_command(args: argparse.Namespace) -> int:
     """Poll a task once and print its status."""
-    async with make_client(args, max_concurrency=1) as client:
+    async with open_client(args, max_concurrency=1) as client:
         snapshot = await client.get(args.task_id)
     failed = snapshot.status is TaskStatus.FAILED
     if args.json:

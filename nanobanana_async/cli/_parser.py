@@ -57,6 +57,7 @@ class Options:
     api: argparse.ArgumentParser
     output: argparse.ArgumentParser
     request: argparse.ArgumentParser
+    shared: argparse.ArgumentParser
 
 
 def _options() -> Options:
@@ -102,7 +103,30 @@ def _options() -> Options:
         default=DEFAULT_IMAGE_SIZE,
         help="1K, 2K or 4K (default: %(default)s)",
     )
-    return Options(api=api, output=output, request=request)
+    shared = argparse.ArgumentParser(add_help=False)
+    group = shared.add_argument_group("limits shared by several processes of one key")
+    group.add_argument(
+        "--redis",
+        metavar="URL",
+        help=(
+            "share generations in flight, 429 pauses, the request rate and the budget with "
+            "every process using this Redis and --limiter-name (needs the redis extra)"
+        ),
+    )
+    group.add_argument(
+        "--limiter-name",
+        default="nanobanana",
+        metavar="NAME",
+        help="the shared limiter's name in Redis: one per API key (default: %(default)s)",
+    )
+    group.add_argument(
+        "--lease-seconds",
+        type=positive_float,
+        default=30.0,
+        metavar="S",
+        help="how long the slots of a process that died stay taken (default: %(default)s)",
+    )
+    return Options(api=api, output=output, request=request, shared=shared)
 
 
 Commands = Any  # argparse's _SubParsersAction, which it does not export
@@ -111,7 +135,7 @@ Commands = Any  # argparse's _SubParsersAction, which it does not export
 def _add_generate(commands: Commands, options: Options) -> None:
     generate = commands.add_parser(
         "generate",
-        parents=[options.api, options.output, options.request],
+        parents=[options.api, options.output, options.request, options.shared],
         help="generate one image and save it",
         description=(
             "Generate one image, show its progress (on standard error), save it and print its "
@@ -135,7 +159,7 @@ def _add_generate(commands: Commands, options: Options) -> None:
 def _add_batch(commands: Commands, options: Options) -> None:
     batch = commands.add_parser(
         "batch",
-        parents=[options.api, options.output, options.request],
+        parents=[options.api, options.output, options.request, options.shared],
         help="run a file of prompts, resumably",
         description=(
             "Run every prompt of INPUT (text: one prompt a line; .jsonl: one object a line; "
