@@ -19,6 +19,7 @@ import attrs
 
 from ._config import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_REPLY_BYTES,
     PollPolicy,
     RetryEvent,
     RetryPolicy,
@@ -112,6 +113,7 @@ class Client:
         ssl: An `ssl.SSLContext`, or False to skip verification; default: system CAs.
         max_connections: Size of the HTTP connection pool.
         max_download_bytes: Largest image a download accepts.
+        max_reply_bytes: Largest API answer read; a larger one is a `ProtocolError`.
         max_credits: A budget: a submit that could pass it raises `BudgetExceededError` unsent.
         seed: Seeds the jitter of polls and retries (for reproducible tests).
     """
@@ -131,6 +133,7 @@ class Client:
         ssl: ssl_module.SSLContext | bool | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_credits: int | None = None,
         seed: int | None = None,
     ) -> None:
@@ -154,6 +157,7 @@ class Client:
             proxy=proxy,
             ssl=ssl,
             gate=self._gate,
+            max_reply_bytes=max_reply_bytes,
         )
         self._limiter = limiter if limiter is not None else Limiter(max_concurrency=max_concurrency)
         self._poll_policy = poll
