@@ -289,8 +289,6 @@ class Transport:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     body = await self._read_capped(response)
-                    # Some servers echo the Authorization header back in error bodies.
-                    body = self.redact_bytes(body)
             except NETWORK_ERRORS as exc:
                 self.scrub(exc)
                 if logger.isEnabledFor(logging.DEBUG):
@@ -313,7 +311,7 @@ class Transport:
         return status, body, retry_after
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
-        """Read an answer of at most `max_reply_bytes`; beyond, drop the connection.
+        """Read an answer of at most `max_reply_bytes`, key redacted; beyond, drop the connection.
 
         A larger answer comes back as a `CappedBody` holding its first `max_reply_bytes`: the
         decoder raises `ProtocolError` for it on a 2xx (and keeps the status's error otherwise),
@@ -330,12 +328,15 @@ class Transport:
                     break
                 chunks.append(chunk)
                 size += len(chunk)
+            body = b"".join(chunks)
             if size > limit:
                 # Never hand the rest of an oversized answer to the pool's next request.
                 response.close()
-                return CappedBody(b"".join(chunks)[:limit], limit=limit)
-            return b"".join(chunks)
-        return await response.read()
+                return CappedBody(self.redact_bytes(body[:limit]), limit=limit)
+        else:
+            body = await response.read()
+        # Some servers echo the Authorization header back in error bodies.
+        return self.redact_bytes(body)
 
     def network_error(self, exc: BaseException, what: str) -> TransportError:
         """Wrap a network failure as a `TransportError` whose text holds no secret."""
