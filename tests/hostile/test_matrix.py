@@ -52,7 +52,7 @@ def _check_error(error: BaseException, events: list[nb.RetryEvent]) -> None:
 async def test_a_create_fault_has_its_documented_outcome(
     fault: str, error: type[BaseException] | None, charged: int
 ) -> None:
-    """A create fault raises its typed error (or yields a task), charges at most once, leaks no key."""
+    """A create fault raises its typed error (or gives a task), charges once at most, no key."""
     events: list[nb.RetryEvent] = []
     async with hostile_server() as server, hostile_client(server) as client:
         client.add_retry_listener(events.append)
@@ -87,7 +87,7 @@ async def test_a_create_with_wrong_types_is_read_tolerantly() -> None:
 
 
 async def test_an_oversized_create_answer_is_cut_and_uncertain() -> None:
-    """A create answered with 100 MB is read no further than max_reply_bytes: uncertain, charged once."""
+    """A 100 MB create answer is read no further than max_reply_bytes: uncertain, charged once."""
     async with hostile_server() as server, hostile_client(server) as client:
         server.create_plan = ["huge"]
         with anyio.fail_after(CASE_BOUND), pytest.raises(nb.SubmitUncertainError) as raised:
@@ -97,7 +97,7 @@ async def test_an_oversized_create_answer_is_cut_and_uncertain() -> None:
 
 
 async def test_a_create_answered_as_already_failed_is_a_failed_task() -> None:
-    """A create answered `failed` (with an error code) is a task that failed, refunded, not an error."""
+    """A create answered `failed` (with an error code) is a failed task, not an error."""
     async with hostile_server() as server, hostile_client(server) as client:
         server.create_plan = ["failed"]
         with anyio.fail_after(CASE_BOUND):
@@ -147,7 +147,7 @@ POLL_CASES: list[tuple[list[str], type[BaseException] | None]] = [
 async def test_a_poll_fault_has_its_documented_outcome(
     plan: list[str], error: type[BaseException] | None
 ) -> None:
-    """A poll fault is retried to the result, or ends the task with its typed error; no key leaks."""
+    """A poll fault is retried to the result or ends the task with its typed error; no key leaks."""
     events: list[nb.RetryEvent] = []
     async with hostile_server() as server, hostile_client(server) as client:
         client.add_retry_listener(events.append)
@@ -192,7 +192,7 @@ async def test_a_task_flipping_back_to_running_stays_succeeded() -> None:
 
 
 async def test_a_server_closing_each_connection_after_answering_causes_no_uncertainty() -> None:
-    """Against a server dropping every reused connection, no create is uncertain nor charged twice."""
+    """Against a server dropping each reused connection, no create is uncertain or charged twice."""
     async with hostile_server() as server, hostile_client(server) as client:
         server.close_after_answer = True
         with anyio.fail_after(CASE_BOUND):
