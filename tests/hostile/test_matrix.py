@@ -240,3 +240,28 @@ async def test_a_session_of_every_fault_leaves_nothing_behind(tmp_path: object) 
         assert client.limiter.max_concurrency == 2
     assert_charged_at_most_once(server)
     assert len(outcomes) == 5
+
+
+@pytest.mark.parametrize("fault", ["endless", "huge"])
+async def test_an_oversized_poll_answer_is_cut_and_the_poll_retried(fault: str) -> None:
+    """A poll answered without end is cut at max_reply_bytes, its connection dropped, then retried."""
+    events: list[nb.RetryEvent] = []
+    async with hostile_server() as server, hostile_client(server) as client:
+        client.add_retry_listener(events.append)
+        with anyio.fail_after(CASE_BOUND):
+            task = await client.submit("a banana cat")
+            server.poll_plan = [fault]
+            await task.wait()
+    (event,) = events
+    assert isinstance(event.cause, nb.ProtocolError)
+    assert f"larger than {nb.DEFAULT_MAX_REPLY_BYTES} bytes" in str(event.cause)
+
+
+async def test_max_reply_bytes_is_configurable() -> None:
+    """A client with a small max_reply_bytes refuses a normal answer above it with ProtocolError."""
+    async with hostile_server() as server, hostile_client(server, max_reply_bytes=64) as client:
+        with anyio.fail_after(CASE_BOUND), pytest.raises(nb.SubmitUncertainError) as created:
+            await client.submit("a banana cat")
+    assert "larger than 64 bytes" in str(created.value)
+    with pytest.raises(nb.InvalidRequestError, match="max_reply_bytes"):
+        nb.Client("k", base_url="http://127.0.0.1:9", max_reply_bytes=0)
