@@ -318,23 +318,21 @@ class Transport:
         so every caller classifies it as it already does an unreadable answer.
         """
         limit = self.max_reply_bytes
-        declared = response.content_length
-        if declared is None or declared > limit:
-            chunks: list[bytes] = []
-            size = 0
-            while size <= limit:
-                chunk = await response.content.read(limit + 1 - size)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            body = b"".join(chunks)
-            if size > limit:
-                # Never hand the rest of an oversized answer to the pool's next request.
-                response.close()
-                return CappedBody(self.redact_bytes(body[:limit]), limit=limit)
-        else:
-            body = await response.read()
+        # Read in steps even when a length is declared: it is the length on the wire, and a
+        # compressed answer may inflate far beyond it.
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await response.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if size > limit:
+            # Never hand the rest of an oversized answer to the pool's next request.
+            response.close()
+            return CappedBody(self.redact_bytes(body[:limit]), limit=limit)
         # Some servers echo the Authorization header back in error bodies.
         return self.redact_bytes(body)
 

@@ -8,6 +8,8 @@ and requests per connection.
 from __future__ import annotations
 
 import asyncio
+import functools
+import gzip
 import itertools
 import json
 from collections import Counter
@@ -57,6 +59,11 @@ def escaped_forms(key: str) -> list[str]:
         lower,
         "".join(f"&#{ord(c)};" if not c.isalnum() else c for c in key),
     ]
+
+
+@functools.cache
+def _gzip_bomb() -> bytes:
+    return gzip.compress(b" " * (64 * 1024 * 1024), compresslevel=9)
 
 
 class HostileServer:
@@ -200,6 +207,12 @@ class HostileServer:
             await response.prepare(request)
             await self._stall()
             return response
+        if behaviour == "gzip-bomb":
+            # 64 kB on the wire, 64 MB once inflated.
+            return web.Response(
+                body=_gzip_bomb(),
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
         if behaviour in ("endless", "huge"):
             response = web.StreamResponse(headers={"Content-Type": "application/json"})
             if behaviour == "huge":

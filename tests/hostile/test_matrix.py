@@ -6,6 +6,8 @@ the configured timeouts, and no form of the key shows in any error or anything i
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import pytest
 
@@ -242,9 +244,9 @@ async def test_a_session_of_every_fault_leaves_nothing_behind(tmp_path: object) 
     assert len(outcomes) == 5
 
 
-@pytest.mark.parametrize("fault", ["endless", "huge"])
+@pytest.mark.parametrize("fault", ["endless", "huge", "gzip-bomb"])
 async def test_an_oversized_poll_answer_is_cut_and_the_poll_retried(fault: str) -> None:
-    """A poll answered without end is cut at max_reply_bytes, its connection dropped, then retried."""
+    """A poll answered without end is cut at max_reply_bytes, its connection dropped, retried."""
     events: list[nb.RetryEvent] = []
     async with hostile_server() as server, hostile_client(server) as client:
         client.add_retry_listener(events.append)
@@ -265,3 +267,22 @@ async def test_max_reply_bytes_is_configurable() -> None:
     assert "larger than 64 bytes" in str(created.value)
     with pytest.raises(nb.InvalidRequestError, match="max_reply_bytes"):
         nb.Client("k", base_url="http://127.0.0.1:9", max_reply_bytes=0)
+
+
+async def test_no_form_of_the_key_reaches_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    """With servers echoing the key escaped and in status lines, DEBUG logs never show it."""
+    caplog.set_level(logging.DEBUG, logger="nanobanana_async")
+    async with hostile_server() as server, hostile_client(server) as client:
+        with anyio.fail_after(CASE_BOUND):
+            server.create_plan = ["bad-status-line", "echo-key"]
+            for _ in range(2):
+                with pytest.raises(nb.NanoBananaError):
+                    await client.submit("a banana cat")
+            task = await client.submit("a banana cat")
+            server.poll_plan = ["bad-status-line", "bad-status-line", "ok", "echo-key"]
+            await task.wait()
+            with pytest.raises(nb.AuthenticationError):
+                await client.get(task.id)
+    records = [r for r in caplog.records if r.name.startswith("nanobanana_async")]
+    assert any("retrying" in r.getMessage() for r in records)
+    assert_no_key(HOSTILE_KEY, caplog.text, *(repr(r.args) for r in records))
