@@ -263,7 +263,10 @@ class Transport:
         Waits for a connection slot, then for the gate of *kind* (pauses and rate cap: checked with
         the slot held, so no request slips out during a pause), then awaits *before_send* (it may
         raise to abandon the request unsent), and calls *on_send* right before the request may
-        leave. Raises aiohttp's network errors (classified by the caller) unchanged.
+        leave. Creates go on a fresh connection (see `create_session`). Raises aiohttp's
+        network errors, for the caller to classify, scrubbed of the key (see `scrub`). An answer
+        over `max_reply_bytes` comes back cut, as a `CappedBody` that `decode_answer` refuses:
+        pass the body on to it as it is.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
