@@ -127,7 +127,15 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
         # Our own bounds on exchanges in flight, which add up to the connector's limit: a request
         # never queues inside aiohttp's pool, where the wait would count against its timeout.
-        self._slots = asyncio.Semaphore(max_connections)
+        # Creates open fresh connections beside the keep-alive pool of polls: the two shares add
+        # up to max_connections, so the sockets open never exceed it. With a single connection
+        # both kinds share it, and the pool keeps nothing idle (see `session`).
+        self._create_share = max(1, max_connections // 4) if max_connections >= 2 else 1
+        self._poll_share = max_connections - self._create_share if max_connections >= 2 else 1
+        self._slots = asyncio.Semaphore(self._poll_share)
+        self._create_slots = (
+            asyncio.Semaphore(self._create_share) if max_connections >= 2 else self._slots
+        )
         self.download_slots = asyncio.Semaphore(DOWNLOAD_CONNECTIONS)
         self._gate = gate
         self._closed = False
@@ -140,9 +148,11 @@ class Transport:
             if self._closed:
                 raise ClientClosedError("the client is closed")
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections + DOWNLOAD_CONNECTIONS,
+                limit=self._poll_share + DOWNLOAD_CONNECTIONS,
                 ssl=self._ssl if self._ssl is not None else True,
                 ttl_dns_cache=300,
+                # One connection in all: an idle pooled one would be a second beside a create's.
+                force_close=self.max_connections < 2,
             )
             # The proxy comes from the environment (HTTP(S)_PROXY, NO_PROXY) once, here: aiohttp's
             # trust_env would look it up (and netrc, which clashes with our Authorization header)
@@ -170,7 +180,7 @@ class Transport:
             if self._closed:
                 raise ClientClosedError("the client is closed")
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections,
+                limit=self._create_share,
                 ssl=self._ssl if self._ssl is not None else True,
                 ttl_dns_cache=300,
                 force_close=True,
@@ -270,7 +280,7 @@ class Transport:
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
-        async with self._slots:
+        async with self._create_slots if kind == "create" else self._slots:
             await self._gate(kind)
             if before_send is not None:
                 await before_send()
