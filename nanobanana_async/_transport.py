@@ -114,6 +114,14 @@ class Transport:
         pattern = key_pattern(api_key) if api_key else None
         self._key_text = re.compile(pattern) if pattern else None
         self._key_bytes = re.compile(pattern.encode()) if pattern else None
+        # A cheap test before the regex (which costs ~20 us a body): every form of the key holds
+        # its longest run of letters and digits as it is, unless the escaping reached letters too
+        # (`&#115;`, `\u0073`, `%73`), which leaves its own marks.
+        core = max(re.findall(r"[A-Za-z0-9]+", api_key), key=len, default="")
+        self._key_hints = (core, "&#", "\\u", "%") if core else None
+        self._key_hints_bytes = (
+            tuple(hint.encode() for hint in self._key_hints) if self._key_hints else None
+        )
         if max_reply_bytes < 1:
             raise InvalidRequestError("max_reply_bytes", "must be at least 1")
         self.max_reply_bytes = max_reply_bytes
@@ -194,11 +202,20 @@ class Transport:
 
     def redact(self, text: str) -> str:
         """Remove the API key, in any escaped form, from *text* (servers echo headers back)."""
-        return self._key_text.sub("[redacted]", text) if self._key_text is not None else text
+        if self._key_text is None:
+            return text
+        if self._key_hints is not None and not any(hint in text for hint in self._key_hints):
+            return text
+        return self._key_text.sub("[redacted]", text)
 
     def redact_bytes(self, body: bytes) -> bytes:
         """Remove the API key, in any escaped form, from a raw body."""
-        return self._key_bytes.sub(b"[redacted]", body) if self._key_bytes is not None else body
+        if self._key_bytes is None:
+            return body
+        hints = self._key_hints_bytes
+        if hints is not None and not any(hint in body for hint in hints):
+            return body
+        return self._key_bytes.sub(b"[redacted]", body)
 
     def scrub(self, exc: BaseException) -> BaseException:
         """Strip the key from *exc* and every exception it chains, in place; return *exc*.
