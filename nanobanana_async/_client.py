@@ -19,6 +19,7 @@ import attrs
 
 from ._config import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_REPLY_BYTES,
     PollPolicy,
     RequestKind,
     RetryEvent,
@@ -121,6 +122,7 @@ class Client:
         ssl: An `ssl.SSLContext`, or False to skip verification; default: system CAs.
         max_connections: Size of the HTTP connection pool.
         max_download_bytes: Largest image a download accepts.
+        max_reply_bytes: Largest API answer read; a larger one is a `ProtocolError`.
         max_credits: A budget: a submit that could pass it raises `BudgetExceededError` unsent.
         seed: Seeds the jitter of polls and retries (for reproducible tests).
     """
@@ -140,6 +142,7 @@ class Client:
         ssl: ssl_module.SSLContext | bool | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_credits: int | None = None,
         seed: int | None = None,
     ) -> None:
@@ -175,6 +178,7 @@ class Client:
             proxy=proxy,
             ssl=ssl,
             gate=self._gate,
+            max_reply_bytes=max_reply_bytes,
         )
         self._limiter = limiter if limiter is not None else Limiter(max_concurrency=max_concurrency)
         self._poll_policy = poll

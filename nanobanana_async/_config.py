@@ -35,6 +35,9 @@ DEFAULT_POLL_JITTER = 0.1
 
 #: Largest image download accepted, in bytes.
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+#: Largest API answer (create or poll) read, in bytes; a larger one is a `ProtocolError`.
+#: Real answers are well under a kilobyte or two; the cap only stops a server from filling memory.
+DEFAULT_MAX_REPLY_BYTES = 1024 * 1024
 
 
 def _seconds(field: str, value: float | None, *, allow_none: bool = True) -> None:

@@ -13,8 +13,9 @@ import aiohttp
 import anyio
 import yarl
 
-from ._errors import NanoBananaError, ProtocolError, TransportError
+from ._errors import DownloadError, NanoBananaError, ProtocolError, TransportError
 from ._inputs import extension_for, sniff_image_type
+from ._models import safe_file_name
 from ._transport import NETWORK_ERRORS, describe
 from ._wire import decode_answer
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
     from ._models import GeneratedImage
 
 _CHUNK = 256 * 1024
+#: Bytes enough to tell every image format we know by its magic bytes.
+_HEAD = 16
+#: Content types a storage service may give an image (S3 and the like), besides image/*.
+_BINARY_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 _SAME_SUFFIXES = {".jpeg": ".jpg", ".jpg": ".jpg", ".heif": ".heif", ".heic": ".heic"}
 
 
@@ -75,7 +80,7 @@ class Downloader:
                     handle = await anyio.open_file(tmp, "wb")
                 await handle.write(chunk)
             if handle is None or target is None or tmp is None:
-                raise ProtocolError(f"the image at {image.url} is empty")
+                raise DownloadError(f"the image at {image.url[:100]} is empty", url=image.url)
             await handle.aclose()
             handle = None
             await anyio.to_thread.run_sync(os.replace, tmp, target)
@@ -90,7 +95,12 @@ class Downloader:
                     await anyio.Path(tmp).unlink(missing_ok=True)
 
     async def _stream(self, image: GeneratedImage) -> AsyncIterator[tuple[bytes, str]]:
-        """Yield the image's chunks with the answer's content type, capped at `max_bytes`."""
+        """Yield the image's chunks with the answer's content type, capped at `max_bytes`.
+
+        The answer must be an image: an image (or generic binary) content type, and the magic
+        bytes of an image format. A link answering `200 text/html` ("this link expired") raises
+        `DownloadError` before a byte is handed on, so nothing is ever saved as the image.
+        """
         url = yarl.URL(image.url)
         if url.scheme not in ("http", "https"):
             raise ProtocolError(f"result URL is not http(s): {image.url[:100]!r}")
@@ -102,22 +112,67 @@ class Downloader:
                     decode_answer(response.status, body)  # raises the typed error
                     raise ProtocolError("unexpected download answer", status=response.status)
                 content_type = response.headers.get("Content-Type", "")
+                media = content_type.split(";", 1)[0].strip().lower()
+                if not (media.startswith("image/") or media in _BINARY_TYPES):
+                    body = await response.content.read(2048)
+                    raise DownloadError(
+                        f"the result URL {image.url[:100]} answered {media or 'no type'}, "
+                        "not an image",
+                        url=image.url,
+                        content_type=content_type,
+                        status=response.status,
+                        body=body,
+                    )
+                head: bytes | None = b""
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     total += len(chunk)
                     if total > self._max_bytes:
                         raise ProtocolError(
                             f"the image at {image.url[:100]} is larger than {self._max_bytes} bytes"
                         )
+                    if head is not None:
+                        head += chunk
+                        if len(head) < _HEAD:
+                            continue
+                        _check_magic(head, image.url, content_type, response.status)
+                        chunk, head = head, None
                     yield chunk, content_type
+                if head is not None:
+                    # Shorter than any image header (or empty).
+                    _check_magic(head, image.url, content_type, response.status)
+                    if head:
+                        yield head, content_type
         except NanoBananaError:
             raise
         except NETWORK_ERRORS as exc:
             raise TransportError(f"download of {image.url[:100]} failed: {describe(exc)}") from exc
 
 
+def looks_like_image(head: bytes) -> bool:
+    """Whether *head* (the first bytes of a file) starts like an image format."""
+    return (
+        sniff_image_type(head) is not None
+        or head.startswith((b"GIF87a", b"GIF89a"))
+        or (head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"))
+    )
+
+
+def _check_magic(head: bytes, url: str, content_type: str, status: int) -> None:
+    if not looks_like_image(head):
+        what = "an empty answer" if not head else "bytes that are no image format"
+        raise DownloadError(
+            f"the result URL {url[:100]} answered {what} ({content_type or 'no type'})",
+            url=url,
+            content_type=content_type,
+            status=status,
+            body=head[:2048],
+        )
+
+
 def _target(wanted: Path, is_dir: bool, url: str, suffix: str | None) -> Path:
     if is_dir:
-        name = PurePosixPath(yarl.URL(url).path).name or "image"
+        # The name comes from the server's URL: one plain file name inside the folder.
+        name = safe_file_name(PurePosixPath(yarl.URL(url).path).name)
         target = wanted / name
     else:
         target = wanted
