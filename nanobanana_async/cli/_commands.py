@@ -130,8 +130,10 @@ def batch_command(args: argparse.Namespace) -> Coroutine[Any, Any, int] | int:
         return dry_run(args, plan)
     budget = None
     if args.budget is not None:
-        # The budget covers the whole batch: what earlier runs spent counts against it.
-        budget = max(0, args.budget - journal_credits(journal))
+        # The budget covers the whole batch: what earlier runs spent counts against it. With
+        # --redis it is the limiter's budget, which Redis keeps across runs: it counts already.
+        spent = 0 if getattr(args, "redis", None) else journal_credits(journal)
+        budget = max(0, args.budget - spent)
     return _batch_async(args, plan, budget)
 
 

@@ -109,8 +109,9 @@ def _options() -> Options:
         "--redis",
         metavar="URL",
         help=(
-            "share generations in flight, 429 pauses, the request rate and the budget with "
-            "every process using this Redis and --limiter-name (needs the redis extra)"
+            "share generations in flight, 429 pauses and the budget (--budget: then the total of "
+            "every run under this name) with every process using this Redis and --limiter-name "
+            "(needs the redis extra)"
         ),
     )
     group.add_argument(
