@@ -56,7 +56,7 @@ from ._models import (
 )
 from ._poller import DurationStats, PollScheduler, PollTimer
 from ._retry import Backoff
-from ._submitter import SubmitHooks, Submitter
+from ._submitter import SubmitHooks, Submitter, run_to_end
 from ._task import Task, TaskState
 from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, Transport, logger
 from ._wire import RESULT_PATH, decode_answer, result_body, structure_snapshot
@@ -211,6 +211,7 @@ class Client:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -244,37 +245,41 @@ class Client:
         """Never reached: `__enter__` refuses synchronous use."""
 
     async def aclose(self) -> None:
-        """Stop polling, wake every waiter with `ClientClosedError`, free every slot and socket."""
-        if self._closed:
-            return
-        self._closed = True
-        keeper, self._keeper = self._keeper, None
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if self._loop is not None and running is not self._loop:
-            # The loop this client ran on has ended (a later asyncio.run): its keeper closed
-            # the session as that loop shut down; nothing of that loop may be touched now.
-            return
+        """Stop polling, wake every waiter with `ClientClosedError`, free every slot and socket.
+
+        Runs to its end even if the caller is cancelled meanwhile; a second call waits for it.
+        """
+        if self._closing is None:
+            if self._closed:
+                return  # closed by the keeper as its event loop ended
+            self._closed = True
+            keeper, self._keeper = self._keeper, None
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if self._loop is not None and running is not self._loop:
+                # The loop this client ran on has ended (a later asyncio.run): its keeper closed
+                # the session as that loop shut down; nothing of that loop may be touched now.
+                return
+            self._closing = asyncio.ensure_future(self._close_all(keeper))
+        await run_to_end(self._closing)
+
+    async def _close_all(self, keeper: asyncio.Task[None] | None) -> None:
         await self._close_on_loop()
         if keeper is not None:
             keeper.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(keeper, return_exceptions=True)
+            await asyncio.gather(keeper, return_exceptions=True)
 
     async def _close_on_loop(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._scheduler.aclose()
-            await self._submitter.aclose()
-            tasks, self._tasks = self._tasks, {}
-            for state in tasks.values():
-                self._end(
-                    state, ClientClosedError(f"the client closed before task {state.id} ended")
-                )
-            # Releases of a shared limiter started just now: let them finish.
-            await self._submitter.drain()
-            await self._transport.aclose()
+        await self._scheduler.aclose()
+        await self._submitter.aclose()
+        tasks, self._tasks = self._tasks, {}
+        for state in tasks.values():
+            self._end(state, ClientClosedError(f"the client closed before task {state.id} ended"))
+        # Releases of a shared limiter started just now: let them finish.
+        await self._submitter.drain()
+        await self._transport.aclose()
 
     @property
     def closed(self) -> bool:

@@ -482,3 +482,45 @@ def test_the_batch_and_fan_out_use_only_public_names_of_the_client() -> None:
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 ]
     assert problems == []
+
+
+class SettleFails(nb.Limiter):
+    """A limiter whose store fails when a create is settled."""
+
+    async def settle(self, reserved: int, charged: int) -> None:
+        raise nb.LimiterUnavailableError("store unreachable")
+
+
+async def test_a_limiter_failing_to_settle_never_hides_an_uncertain_create(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A create whose answer was lost stays SubmitUncertainError if the limiter's settle fails."""
+    async with Emulator(speed=SPEED) as emu:
+        emu.faults.inject(Fault.drop_after(), endpoint="create", times=1)
+        limiter = SettleFails(max_concurrency=1)
+        async with client_for(emu, limiter=limiter) as client:
+            with pytest.raises(nb.SubmitUncertainError):
+                await client.submit("charged, answer lost")
+            assert limiter.in_flight == 0
+            assert client.credits.charged == 15
+    assert emu.ledger.tasks_created == 1
+    assert "failed to settle" in caplog.text
+
+
+async def test_a_cancelled_aclose_still_closes_everything() -> None:
+    """aclose() cancelled midway still frees every slot and wakes every waiter; again is a no-op."""
+    limiter = nb.Limiter(max_concurrency=2)
+    async with Emulator(speed=SPEED, duration=FOREVER) as emu:
+        client = client_for(emu, limiter=limiter)
+        task = await client.submit("running when the client closes")
+        closing = asyncio.ensure_future(client.aclose())
+        await asyncio.sleep(0)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        with anyio.fail_after(10):
+            await client.aclose()
+        assert limiter.in_flight == 0
+        assert task.done()
+        with pytest.raises(nb.ClientClosedError):
+            await task.wait()
