@@ -208,6 +208,11 @@ class Client:
             self._transport.download_slots,
             timeout=timeouts.download,
             max_bytes=max_download_bytes,
+            retry=retry,
+            rng=self._rng,
+            on_retry=lambda attempt, wait, cause, url: self._notify_retry(
+                "download", attempt, wait, cause, None
+            ),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._keeper: asyncio.Task[None] | None = None

@@ -4,23 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import aiohttp
 import anyio
 import yarl
 
-from ._errors import DownloadError, NanoBananaError, ProtocolError, TransportError
+from ._config import RetryPolicy
+from ._errors import (
+    DownloadError,
+    NanoBananaError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+)
 from ._inputs import extension_for, sniff_image_type
 from ._models import safe_file_name
+from ._retry import Backoff
 from ._transport import NETWORK_ERRORS, describe
 from ._wire import decode_answer
 
 if TYPE_CHECKING:
     from ._models import GeneratedImage
+
+T = TypeVar("T")
 
 _CHUNK = 256 * 1024
 #: Bytes enough to tell every image format we know by its magic bytes.
@@ -43,14 +55,44 @@ class Downloader:
         *,
         timeout: float | None,
         max_bytes: int,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        on_retry: Callable[[int, float, BaseException, str], None] | None = None,
     ) -> None:
         self._session = session
         self._slots = slots
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_bytes = max_bytes
+        self._retry = retry if retry is not None else RetryPolicy(attempts=1)
+        self._rng = rng if rng is not None else random.Random()
+        self._on_retry = on_retry
+
+    async def _retrying(self, image: GeneratedImage, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run *attempt* again after a network error, a 429 or a 5xx, under the retry policy.
+
+        A download is a plain GET of a public link: repeating it costs nothing. An answer that is
+        not an image, or a 4xx (an expired link), is not retried.
+        """
+        backoff: Backoff | None = None
+        while True:
+            try:
+                return await attempt()
+            except (TransportError, RateLimitError, ServerError) as exc:
+                if backoff is None:
+                    backoff = Backoff(self._retry, self._rng)
+                wait = backoff.next_wait(exc)
+                if wait is None:
+                    raise
+                if self._on_retry is not None:
+                    self._on_retry(backoff.attempt, wait, exc, image.url)
+                if wait > 0:
+                    await anyio.sleep(wait)
 
     async def read(self, image: GeneratedImage) -> bytes:
         """Return the image's bytes."""
+        return await self._retrying(image, lambda: self._read_once(image))
+
+    async def _read_once(self, image: GeneratedImage) -> bytes:
         chunks: list[bytes] = []
         async for chunk, _ in self._stream(image):
             chunks.append(chunk)
@@ -61,8 +103,11 @@ class Downloader:
 
         A directory (existing, or a path ending in a separator) gets the URL's file name. The suffix
         is set from the content type (`out` becomes `out.png`; `out.jpg` holding a PNG becomes
-        `out.png`).
+        `out.png`). Network errors, 429 and 5xx are retried under the client's `RetryPolicy`.
         """
+        return await self._retrying(image, lambda: self._save_once(image, path))
+
+    async def _save_once(self, image: GeneratedImage, path: str | os.PathLike[str]) -> Path:
         wanted = Path(path)
         is_dir = await anyio.Path(wanted).is_dir() or str(path).endswith(("/", os.sep))
         target: Path | None = None
