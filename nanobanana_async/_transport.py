@@ -186,11 +186,17 @@ class Transport:
         if self._create_session is None:
             if self._closed:
                 raise ClientClosedError("the client is closed")
-            connector = aiohttp.TCPConnector(
-                limit=self._create_share,
-                ssl=self._ssl if self._ssl is not None else True,
-                ttl_dns_cache=300,
-                force_close=True,
+            reuse = self.timeouts.create_keepalive
+            # Fresh connections by default; with create_keepalive, only connections idle for less.
+            ssl = self._ssl if self._ssl is not None else True
+            connector = (
+                aiohttp.TCPConnector(
+                    limit=self._create_share, ssl=ssl, ttl_dns_cache=300, keepalive_timeout=reuse
+                )
+                if reuse
+                else aiohttp.TCPConnector(
+                    limit=self._create_share, ssl=ssl, ttl_dns_cache=300, force_close=True
+                )
             )
             self._create_session = aiohttp.ClientSession(
                 connector=connector,

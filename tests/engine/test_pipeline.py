@@ -439,6 +439,7 @@ async def test_a_create_answered_as_failed_counts_refunded() -> None:
         (lambda: nb.RetryPolicy(attempts=0), "RetryPolicy.attempts"),
         (lambda: nb.RetryPolicy(max_pause=-1), "RetryPolicy.max_pause"),
         (lambda: nb.Timeouts(request=-1), "Timeouts.request"),
+        (lambda: nb.Timeouts(create_keepalive=-1), "Timeouts.create_keepalive"),
         (lambda: nb.PollPolicy(min_interval=0), "PollPolicy.min_interval"),
         (lambda: nb.PollPolicy(speed=0), "PollPolicy.speed"),
         (lambda: nb.Limiter(burst=0), "burst"),

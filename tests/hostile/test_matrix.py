@@ -206,6 +206,18 @@ async def test_a_server_closing_each_connection_after_answering_causes_no_uncert
     assert sorted(server.charged.values()) == [1] * 12
 
 
+async def test_creates_reuse_connections_only_when_asked() -> None:
+    """Timeouts(create_keepalive=...) lets creates ride pooled connections (and meet that risk)."""
+    timeouts = nb.Timeouts(request=2.0, create_keepalive=30.0)
+    async with hostile_server() as server, hostile_client(server, timeouts=timeouts) as client:
+        server.close_after_answer = True
+        with anyio.fail_after(CASE_BOUND):
+            await client.submit("first, on a new connection")
+            with pytest.raises(nb.SubmitUncertainError):
+                await client.submit("second, on the same connection")
+    assert server.seen["create", "dropped-on-reuse"] == 1
+
+
 async def test_an_absurd_retry_after_does_not_pause_the_key_forever() -> None:
     """A 429 with Retry-After of 3000 years raises RateLimitError, and the key works again after."""
     # The pause cap is the retry deadline (1 s): the hint fails the create at once.
