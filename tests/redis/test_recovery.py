@@ -307,14 +307,14 @@ async def test_a_flush_keeps_the_cap(own_redis_server: RedisServer) -> None:
     try:
 
         async def up_a_while() -> bool:
-            return int((await raw.info("server"))["uptime_in_seconds"]) >= 2
+            return int((await raw.info("server"))["uptime_in_seconds"]) >= 1
 
         # The server has been up for longer than a lease: its start is no grace any more.
-        await _until(up_a_while, "the server up for 2 s")
+        await _until(up_a_while, "the server up for 1 s")
         await warm(url, name)
         async with (
-            nb.RedisLimiter(url, name=name, max_concurrency=2, lease_seconds=1.5) as holder,
-            nb.RedisLimiter(url, name=name, max_concurrency=2, lease_seconds=1.5) as other,
+            nb.RedisLimiter(url, name=name, max_concurrency=2, lease_seconds=1.0) as holder,
+            nb.RedisLimiter(url, name=name, max_concurrency=2, lease_seconds=1.0) as other,
         ):
             held = [await holder.acquire(), await holder.acquire()]
             await raw.flushdb()
@@ -325,7 +325,7 @@ async def test_a_flush_keeps_the_cap(own_redis_server: RedisServer) -> None:
 
             await _until(reasserted, "the holder's two slots back in Redis")
             # Two lease times: past the grace, a slot handed out too soon would show by now.
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(2.0)
             assert not job.done()
             await holder.release(held[0])
             lease = await asyncio.wait_for(job, 30)
