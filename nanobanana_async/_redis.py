@@ -504,8 +504,8 @@ class RedisLimiter(BaseLimiter):
         if self._background:
             # Let the give-backs of abandoned reservations reach Redis (they time out on their own).
             await asyncio.wait(list(self._background), timeout=10.0)
-            for job in list(self._background):
-                job.cancel()
+            for leftover in list(self._background):
+                leftover.cancel()
         self._closed = True
         for waiter in list(self._waiting.values()):
             if not waiter.future.done():
@@ -993,18 +993,21 @@ class RedisLimiter(BaseLimiter):
                 "credits", [self._meta, self._op_key(op)], [delta, "", self._op_ttl]
             )
             await self._settled_store()
-        except Exception as exc:
-            # Redis keeps the larger figure, and so do we (re-asserted after a restart): the
-            # budget errs on the side of spending less.
+        except BaseException as exc:
+            # Not known to have reached Redis (failed, or cancelled): Redis keeps the larger
+            # figure, and so do we (re-asserted after a restart): the budget errs on the side of
+            # spending less.
+            if delta > 0:
+                self._committed += delta
+                self._start_keeper()
+            if not isinstance(exc, Exception):
+                raise
             logger.warning(
                 "could not update the shared budget in Redis at %s by %+d (%s)",
                 self._shown_url,
                 delta,
                 type(exc).__name__,
             )
-            if delta > 0:
-                self._committed += delta
-                self._start_keeper()
             return
         self._count(delta, epoch)
 

@@ -43,6 +43,7 @@ class ReplyProxy:
         self.lost = 0
         #: Set when a held reply came back from Redis (the request ran there).
         self.holding = asyncio.Event()
+        self._let_go = asyncio.Event()
         self._needle = b""
         self._times = 0
         self._mode = ""
@@ -61,8 +62,12 @@ class ReplyProxy:
         self._needle, self._times, self._mode = needle, times, "lose"
 
     def hold(self, needle: bytes) -> None:
-        """Hold back (for good) the reply to the next request that contains *needle*."""
+        """Hold back the reply to the next request that contains *needle*, until `let_go()`."""
         self._needle, self._times, self._mode = needle, 1, "hold"
+
+    def let_go(self) -> None:
+        """Pass on the reply held back."""
+        self._let_go.set()
 
     async def __aenter__(self) -> ReplyProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -119,8 +124,9 @@ class ReplyProxy:
                     writer.transport.abort()
                     return
                 if state["mode"] == "hold":
+                    state["mode"] = ""
                     self.holding.set()
-                    await asyncio.Event().wait()  # until the proxy closes
+                    await self._let_go.wait()
                 writer.write(data)
                 await writer.drain()
         except OSError:
@@ -228,6 +234,32 @@ async def test_a_reservation_cancelled_while_its_reply_is_in_flight_is_given_bac
                 await job
         # aclose() waited for the give-back.
         assert await _credits(raw, name) == 0
+
+
+async def test_a_reservation_landing_in_a_store_lost_meanwhile_counts_in_the_new_one(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    """A reservation that ran in a store lost before its reply came is counted in the new store."""
+    name = _name()
+    await warm(redis_server.url, name)
+    await raw.script_load(_redis._CREDITS)
+    async with ReplyProxy(redis_server.port) as proxy:
+        async with nb.RedisLimiter(
+            proxy.url, name=name, max_concurrency=None, max_credits=10, lease_seconds=2.0
+        ) as limiter:
+            await limiter.ready("poll")
+            proxy.hold(_sha(_redis._CREDITS))
+            job = asyncio.ensure_future(limiter.reserve(10))
+            await asyncio.wait_for(proxy.holding.wait(), 30)
+            # The store is lost (as by FLUSHDB) and the process re-asserts into a new one...
+            await raw.delete(*await raw.keys(f"nanobanana:{{{name}}}:*"))
+            await limiter.ready("create")
+            assert await _credits(raw, name) == 0
+            # ... before the reservation's reply (from the old store) comes.
+            proxy.let_go()
+            await asyncio.wait_for(job, 30)
+        # aclose() waited for the carry-over.
+        assert await _credits(raw, name) == 10
 
 
 async def test_an_acquire_whose_reply_is_lost_still_gets_its_slot(
