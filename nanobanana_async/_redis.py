@@ -5,6 +5,8 @@ them on one node) and changes only inside Lua scripts, so every step is atomic:
 
 - ``meta`` (hash): the store's epoch and recovery deadline, the waiter sequence, the 429 pause,
   the request-rate bucket and the committed credits;
+- ``op:<id>``: for a few minutes, the answer of each change of the credits, so that a script the
+  client runs again after a lost reply changes them only once;
 - ``leases`` (sorted set): one member per generation in flight, scored by its expiry (server
   time, ms);
 - ``queue`` (sorted set): waiting acquirers in arrival order, and ``beats`` their liveness
@@ -13,9 +15,11 @@ them on one node) and changes only inside Lua scripts, so every step is atomic:
 
 Restarts: the store's epoch is a random id written by the first script that finds none. A process
 remembers the epoch it last saw, its own leases and its own committed credits; when a script reports
-another epoch (Redis restarted or was flushed), the process re-asserts what it holds. A fresh epoch
-grants no new slot until ``lease_seconds`` after the Redis server started: every lease that was live
-before the restart is by then either re-asserted by its (living) holder or expired.
+another epoch (Redis restarted, was flushed, lost the meta key or failed over), the process
+re-asserts what it holds. A fresh epoch grants no new slot and reserves no credit for
+``lease_seconds`` from the moment the store is found empty: every process that holds slots or
+credits checks the epoch every third of a lease time, so every lease that was live before is by
+then re-asserted by its (living) holder or expired, and every living process's credits count again.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import math
 import os
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._config import RequestKind
@@ -77,14 +81,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local meta = KEYS[1]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
-  -- A new store (first use, a restart or a flush). Leases held before a restart were renewed
-  -- before it, so they lapse within one lease time of the server's start: grant nothing new
-  -- until then, while their holders re-assert them.
-  -- Where INFO is refused, the server counts as started now (the longest grace).
-  local ok, info = pcall(redis.call, 'INFO', 'server')
-  local up = ok and tonumber(string.match(info, 'uptime_in_seconds:(%d+)')) or 0
-  -- uptime is rounded down, so the start is at most `up` seconds ago: the later bound.
-  local grace = now - up * 1000 + tonumber(ARGV[3])
+  -- A new store (first use, a restart, a flush, an evicted or failed-over meta key). Leases
+  -- held before were renewed within one lease time, and every living holder makes a call (its
+  -- keeper's) within a third of one: grant no new slot and reserve no credit for one lease time
+  -- from now, while the holders re-assert their slots and credits.
+  local grace = now + tonumber(ARGV[3])
   redis.call('HSET', meta, 'epoch', ARGV[2], 'grace', grace)
   epoch = ARGV[2]
 end
@@ -110,15 +111,20 @@ for _, w in ipairs(dead) do
   redis.call('ZREM', beats, w)
 end
 local mine = {}
+local result = {'ok', 0}
 for i = 7, #ARGV do
   local w = ARGV[i]
-  mine[w] = true
-  if not redis.call('ZSCORE', queue, w) then
-    redis.call('ZADD', queue, redis.call('HINCRBY', meta, 'seq', 1), w)
+  if redis.call('ZSCORE', leases, w) then
+    -- Granted by an earlier run of this call whose reply was lost (a retry): granted still.
+    result[#result + 1] = w
+  else
+    mine[w] = true
+    if not redis.call('ZSCORE', queue, w) then
+      redis.call('ZADD', queue, redis.call('HINCRBY', meta, 'seq', 1), w)
+    end
+    redis.call('ZADD', beats, now + ttl, w)
   end
-  redis.call('ZADD', beats, now + ttl, w)
 end
-local result = {'ok', 0}
 if now < grace then
   result[2] = grace - now
 else
@@ -168,8 +174,9 @@ return result
 """
 )
 
-# KEYS: meta, leases. ARGV[1] the epoch the caller re-asserts into, ARGV[2] lease ms, ARGV[3] max,
-# ARGV[4] credits, ARGV[5..] leases. Runs after a script answered {"epoch", id}.
+# KEYS: meta, leases, op. ARGV[1] the epoch the caller re-asserts into, ARGV[2] lease ms, ARGV[3]
+# max, ARGV[4] credits, ARGV[5] op ttl ms, ARGV[6..] leases. Runs after a script answered
+# {"epoch", id}. The credits count once even when a lost reply makes the client run it again.
 _REASSERT = """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -183,7 +190,7 @@ local grace = tonumber(redis.call('HGET', meta, 'grace') or '0')
 local lease_ms, max = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
 local result = {'ok'}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local w = ARGV[i]
   if redis.call('ZSCORE', leases, w) or now < grace or redis.call('ZCARD', leases) < max then
     redis.call('ZADD', leases, now + lease_ms, w)
@@ -191,7 +198,7 @@ for i = 5, #ARGV do
     result[#result + 1] = w
   end
 end
-if tonumber(ARGV[4]) > 0 then
+if tonumber(ARGV[4]) > 0 and redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[5]) then
   redis.call('HINCRBY', meta, 'credits', ARGV[4])
 end
 return result
@@ -251,19 +258,53 @@ end
 return 1
 """
 
-# KEYS: meta. ARGV[4] credits to add (may be negative), ARGV[5] the budget ('' : no check).
-# Returns {"ok", committed} or {"over", committed} (nothing added).
+# KEYS: meta, op. ARGV[4] credits to add (may be negative), ARGV[5] the budget ('' : no check),
+# ARGV[6] op ttl ms. Returns {"ok", committed}, {"over", committed} (nothing added) or, for a
+# reservation during the grace of a new store, {"wait", ms} (nothing added). The op key keeps the
+# answer a while: run again (a retry after a lost reply), the script returns it and adds nothing.
 _CREDITS = (
     _PRELUDE
     + """
+local op = KEYS[2]
+local done = redis.call('GET', op)
+if done then
+  local status, figure = string.match(done, '^(%a+) (-?%d+)$')
+  return {status, tonumber(figure)}
+end
 local committed = tonumber(redis.call('HGET', meta, 'credits') or '0')
 local delta = tonumber(ARGV[4])
-if ARGV[5] ~= '' and delta > 0 and committed + delta > tonumber(ARGV[5]) then
-  return {'over', committed}
+local result
+if ARGV[5] ~= '' and delta > 0 then
+  if now < grace then
+    return {'wait', grace - now}
+  end
+  if committed + delta > tonumber(ARGV[5]) then
+    result = {'over', committed}
+  end
 end
-return {'ok', redis.call('HINCRBY', meta, 'credits', delta)}
+if not result then
+  result = {'ok', redis.call('HINCRBY', meta, 'credits', delta)}
+end
+redis.call('SET', op, result[1] .. ' ' .. result[2], 'PX', ARGV[6])
+return result
 """
 )
+
+# KEYS: meta, op. ARGV[1] credits the op reserved, ARGV[2] op ttl ms. Takes back a reservation
+# whose caller gave up on it (cancelled, or its reply lost): if it was added, it is subtracted;
+# if it has not run yet, it never will. Returns 1 when credits were given back.
+_GIVE_BACK = """
+local done = redis.call('GET', KEYS[2])
+if done and string.sub(done, 1, 3) == 'ok ' then
+  redis.call('HINCRBY', KEYS[1], 'credits', -tonumber(ARGV[1]))
+  redis.call('SET', KEYS[2], 'cancelled 0', 'PX', ARGV[2])
+  return 1
+end
+if not done then
+  redis.call('SET', KEYS[2], 'cancelled 0', 'PX', ARGV[2])
+end
+return 0
+"""
 
 _STORE_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
 
@@ -312,8 +353,9 @@ class RedisLimiter(BaseLimiter):
         max_requests_per_second: Rate cap over all requests of the key; `None`: no cap.
         burst: How many requests may leave at once under the rate cap.
         lease_seconds: How long a slot outlives a holder that stopped renewing it (a dead
-            process); keep it well above any stall of the event loop. An empty Redis (first
-            start, restart) grants no new slot for this long after it started.
+            process); keep it well above any stall of the event loop. An empty store (first
+            use, a restart or flush of Redis) grants no new slot and reserves no credit for
+            this long from the moment the store is found empty.
         max_credits: A credit budget shared by every process; `None`: none.
     """
 
@@ -382,6 +424,10 @@ class RedisLimiter(BaseLimiter):
         self._held: dict[str, float] = {}
         self._committed = 0
         self._epoch = ""
+        # How long Redis remembers the answer of a change of the credits (ms).
+        self._op_ttl = max(120_000, 4 * self._lease_ms)
+        # Give-backs of reservations given up on, running in the background.
+        self._background: set[asyncio.Task[None]] = set()
         # Our own pauses hold always (even when Redis forgot them); the local rate cap applies
         # to polls while Redis cannot be reached.
         self._own_pause = Limiter(max_concurrency=None)
@@ -455,6 +501,11 @@ class RedisLimiter(BaseLimiter):
         """Stop waiting, give back the slots still held (best effort) and close the connections."""
         if self._closed:
             return
+        if self._background:
+            # Let the give-backs of abandoned reservations reach Redis (they time out on their own).
+            await asyncio.wait(list(self._background), timeout=10.0)
+            for leftover in list(self._background):
+                leftover.cancel()
         self._closed = True
         for waiter in list(self._waiting.values()):
             if not waiter.future.done():
@@ -501,7 +552,9 @@ class RedisLimiter(BaseLimiter):
                 socket_connect_timeout=2.0,
                 socket_timeout=5.0,
                 # A pooled connection that died with a restarted server is retried at once on a
-                # fresh one; a script whose answer was lost may run twice, which they all allow.
+                # fresh one; a script whose answer was lost may run twice, which they all allow
+                # (the credit scripts through their op keys, acquire by answering the slots a
+                # waiter already holds; a rate token may be taken twice: a slower rate only).
                 retry=redis.asyncio.retry.Retry(
                     redis.backoff.ExponentialBackoff(cap=0.25, base=0.02),
                     2,
@@ -517,6 +570,7 @@ class RedisLimiter(BaseLimiter):
                 ("ready", _READY),
                 ("pause", _PAUSE),
                 ("credits", _CREDITS),
+                ("give_back", _GIVE_BACK),
             ):
                 self._scripts[name] = self._client.register_script(source)
         return self._client
@@ -548,11 +602,18 @@ class RedisLimiter(BaseLimiter):
         self, script: str, keys: Sequence[str], extra: Sequence[str | int]
     ) -> list[Any]:
         """Run a script that checks the epoch, re-asserting what we hold when the store changed."""
+        return (await self._call_in(script, keys, extra))[1]
+
+    async def _call_in(
+        self, script: str, keys: Sequence[str], extra: Sequence[str | int]
+    ) -> tuple[str, list[Any]]:
+        """Like `_call`, and also return the epoch the script ran in."""
         for _ in range(3):
             fresh = os.urandom(16).hex()
-            answer = await self._run(script, keys, [self._epoch, fresh, self._lease_ms, *extra])
+            epoch = self._epoch
+            answer = await self._run(script, keys, [epoch, fresh, self._lease_ms, *extra])
             if answer[0] != "epoch":
-                return list(answer)
+                return epoch, list(answer)
             await self._reassert(str(answer[1]))
         raise LimiterUnavailableError(
             f"the Redis store at {self._shown_url} keeps changing its epoch; nothing was sent"
@@ -576,8 +637,15 @@ class RedisLimiter(BaseLimiter):
             maximum = self._max_concurrency if self._max_concurrency is not None else 2**31
             answer = await self._run(
                 "reassert",
-                [self._meta, self._leases],
-                [epoch, self._lease_ms, maximum, max(0, self._committed), *self._held],
+                [self._meta, self._leases, self._op_key(os.urandom(8).hex())],
+                [
+                    epoch,
+                    self._lease_ms,
+                    maximum,
+                    max(0, self._committed),
+                    self._op_ttl,
+                    *self._held,
+                ],
             )
             if answer[0] == "epoch":
                 return  # changed again meanwhile: the caller's retry reports it
@@ -586,6 +654,9 @@ class RedisLimiter(BaseLimiter):
             for token in self._held:
                 self._held[token] = now
         self._epoch = epoch
+
+    def _op_key(self, op: str) -> str:
+        return f"{self._meta[: -len('meta')]}op:{op}"
 
     def _report_lost(self, lost: Sequence[str]) -> None:
         if lost:
@@ -734,7 +805,7 @@ class RedisLimiter(BaseLimiter):
         """Give a slot back and wake the waiters; never raises (an unreachable slot lapses)."""
         if self._held.pop(lease.token, None) is None:
             return
-        if not self._held:
+        if not self._keeping():
             self._stop_keeper()
         tokens = [*self._unreleased, lease.token]
         self._unreleased.clear()
@@ -783,7 +854,13 @@ class RedisLimiter(BaseLimiter):
             if token in self._held:
                 self._held[token] = now
 
+    def _keeping(self) -> bool:
+        """Whether the keeper must run: this process holds slots or credits."""
+        return bool(self._held) or self._committed > 0
+
     def _start_keeper(self) -> None:
+        if self._closed:
+            return
         if self._keeper is None or self._keeper.done():
             self._keeper = asyncio.get_running_loop().create_task(self._keep())
 
@@ -793,12 +870,13 @@ class RedisLimiter(BaseLimiter):
         self._keeper = None
 
     async def _keep(self) -> None:
-        """Refresh the leases this process holds every third of a lease time, while it holds any."""
-        while self._held:
+        """Every third of a lease time, while this process holds slots or credits, refresh its
+        leases and check the epoch (a new store learns of them within its grace)."""
+        while self._keeping():
             await asyncio.sleep(self.lease_seconds / 3)
             due = time.monotonic() - self.lease_seconds / 3 + 0.05
             stale = [token for token, pushed in self._held.items() if pushed <= due]
-            if stale:
+            if stale or self._committed > 0:
                 await self._renew_tokens(stale)
 
     # --- pauses, rate and budget ------------------------------------------------------------------
@@ -858,26 +936,44 @@ class RedisLimiter(BaseLimiter):
     async def reserve(self, credits: int) -> None:
         """Reserve *credits* of the shared budget for a create about to be sent.
 
+        In the grace of a new store (see the class), it waits for the grace to end. A reservation
+        whose reply was lost, or whose caller was cancelled meanwhile, is given back.
+
         Raises:
             BudgetExceededError: They would pass the budget; nothing is reserved.
             LimiterUnavailableError: Redis cannot be reached.
         """
         if self.max_credits is None:
             return
+        op = os.urandom(8).hex()
         try:
-            answer = await self._call(
-                "credits",
-                [self._meta],
-                [credits, "" if self.max_credits is None else self.max_credits],
-            )
-        except LimiterUnavailableError:
+            while True:
+                epoch, answer = await self._call_in(
+                    "credits",
+                    [self._meta, self._op_key(op)],
+                    [credits, self.max_credits, self._op_ttl],
+                )
+                if answer[0] != "wait":
+                    break
+                await asyncio.sleep(max(int(answer[1]), 1) / 1000)
+            if answer[0] == "ok":
+                await self._settled_store()
+        except BaseException as exc:
+            self._give_back(op, credits)
+            if isinstance(exc, Exception) and not isinstance(
+                exc, (LimiterUnavailableError, ClientClosedError)
+            ):
+                raise self._unavailable(exc) from exc
             raise
-        except Exception as exc:
-            raise self._unavailable(exc) from exc
         if answer[0] == "over":
-            assert self.max_credits is not None
             raise BudgetExceededError(credits, int(answer[1]), self.max_credits)
-        self._committed += credits
+        if answer[0] != "ok":
+            self._give_back(op, credits)
+            raise LimiterUnavailableError(
+                f"Redis at {self._shown_url} answered {answer[0]!r} to a reservation; "
+                "nothing was sent"
+            )
+        self._count(credits, epoch)
 
     async def settle(self, reserved: int, charged: int) -> None:
         """Turn a reservation of *reserved* into a charge of *charged*; never raises."""
@@ -890,19 +986,86 @@ class RedisLimiter(BaseLimiter):
     async def _adjust(self, delta: int) -> None:
         if self.max_credits is None or delta == 0:
             return
+        op = os.urandom(8).hex()
         try:
             # A re-assertion inside this call (a new store) counts what we held before delta.
-            await self._call("credits", [self._meta], [delta, ""])
-        except Exception as exc:
-            # Redis keeps the larger figure: the budget errs on the side of spending less.
+            epoch, _ = await self._call_in(
+                "credits", [self._meta, self._op_key(op)], [delta, "", self._op_ttl]
+            )
+            await self._settled_store()
+        except BaseException as exc:
+            # Not known to have reached Redis (failed, or cancelled): Redis keeps the larger
+            # figure, and so do we (re-asserted after a restart): the budget errs on the side of
+            # spending less.
+            if delta > 0:
+                self._committed += delta
+                self._start_keeper()
+            if not isinstance(exc, Exception):
+                raise
             logger.warning(
                 "could not update the shared budget in Redis at %s by %+d (%s)",
                 self._shown_url,
                 delta,
                 type(exc).__name__,
             )
-        finally:
-            self._committed += delta
+            return
+        self._count(delta, epoch)
+
+    async def _settled_store(self) -> None:
+        """Wait until no re-assertion is under way (one may be counting our credits already)."""
+        if self._reasserting.locked():
+            async with self._reasserting:
+                pass
+
+    def _count(self, delta: int, epoch: str) -> None:
+        """Count *delta*, added to the store of *epoch*, as this process's."""
+        self._committed += delta
+        if self._keeping():
+            self._start_keeper()
+        if epoch != self._epoch and not self._closed:
+            # The store changed while our change was under way, and this process re-asserted
+            # its credits into the new one without it: add it there too.
+            self._spawn(self._add_to_current(delta))
+
+    async def _add_to_current(self, delta: int) -> None:
+        epoch = self._epoch
+        try:
+            await self._run(
+                "credits",
+                [self._meta, self._op_key(os.urandom(8).hex())],
+                [epoch, os.urandom(16).hex(), self._lease_ms, delta, "", self._op_ttl],
+            )
+            # An answer {"epoch", ...}: the next re-assertion counts delta with the rest.
+        except Exception as exc:
+            logger.warning(
+                "could not carry %+d credit(s) over to the new store at %s (%s)",
+                delta,
+                self._shown_url,
+                type(exc).__name__,
+            )
+
+    def _give_back(self, op: str, credits: int) -> None:
+        """Take back, in the background, a reservation whose caller gave up on it."""
+        if self._closed:
+            return
+        self._spawn(self._run_give_back(op, credits))
+
+    async def _run_give_back(self, op: str, credits: int) -> None:
+        try:
+            await self._run("give_back", [self._meta, self._op_key(op)], [credits, self._op_ttl])
+        except Exception as exc:
+            logger.warning(
+                "could not give back an abandoned reservation of %d credit(s) to Redis at %s "
+                "(%s); the budget may count it",
+                credits,
+                self._shown_url,
+                type(exc).__name__,
+            )
+
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 def _is_store_error(exc: BaseException) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _redis_support import RedisServer, free_port
+from _redis_support import RedisServer, free_port, warm
 
 from nanobanana_async.testing import Emulator
 
@@ -41,6 +41,7 @@ def _batch(tmp: Path, name: str, prompts: list[str], *options: str) -> list[str]
 async def test_two_batch_processes_share_one_cap(redis_server: RedisServer, tmp_path: Path) -> None:
     """Two batches on different inputs with --redis and a cap of 3 never run more than 3 at once."""
     name = f"cli-{os.urandom(4).hex()}"
+    await warm(redis_server.url, name)
     shared = ["--redis", redis_server.url, "--limiter-name", name, "--concurrency", "3"]
     shared += ["--lease-seconds", "2"]
     async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=10.0) as emu:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-from _redis_support import RedisServer, free_port
+from _redis_support import RedisServer, free_port, warm
 
 import nanobanana_async as nb
 from nanobanana_async.testing import Emulator
@@ -124,6 +124,7 @@ async def test_slots_are_shared_and_served_in_arrival_order(
 ) -> None:
     """Three limiters (as three processes) share one slot, handed out in the order asked for."""
     name = _name()
+    await warm(redis_server.url, name)
     queue = f"nanobanana:{{{name}}}:queue"
     limiters = [
         nb.RedisLimiter(redis_server.url, name=name, max_concurrency=1, lease_seconds=2.0)
@@ -163,6 +164,7 @@ async def test_a_cancelled_acquire_leaves_no_waiter_behind(
 ) -> None:
     """Cancelling a queued acquire removes its place, so the next waiter is served at once."""
     name = _name()
+    await warm(redis_server.url, name)
     queue = f"nanobanana:{{{name}}}:queue"
     async with (
         nb.RedisLimiter(redis_server.url, name=name, max_concurrency=1, lease_seconds=2.0) as one,
@@ -236,6 +238,7 @@ async def test_the_request_rate_bucket_is_shared(redis_server: RedisServer) -> N
 async def test_the_credit_budget_is_shared(redis_server: RedisServer) -> None:
     """Reservations of two limiters add up against one budget; settling at 0 gives them back."""
     name = _name()
+    await warm(redis_server.url, name)
     async with (
         nb.RedisLimiter(
             redis_server.url, name=name, max_concurrency=1, max_credits=25, lease_seconds=2.0
@@ -260,6 +263,7 @@ async def test_a_restart_re_asserts_held_slots_before_granting_new_ones(
 ) -> None:
     """After Redis restarts empty, the slots a live process holds still count against the cap."""
     name = _name()
+    await warm(own_redis_server.url, name)
     leases_key = f"nanobanana:{{{name}}}:leases"
     async with (
         nb.RedisLimiter(
@@ -297,8 +301,10 @@ async def test_redis_going_away_fails_new_creates_but_running_tasks_finish(
     """With Redis gone mid-run, running tasks are polled to the end and new submits fail unsent."""
     poll = nb.PollPolicy(initial_delay=20.0, min_interval=4.0, max_interval=4.0, speed=20.0)
     async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=20.0) as emu:
+        name = _name()
+        await warm(own_redis_server.url, name)
         async with nb.RedisLimiter(
-            own_redis_server.url, name=_name(), max_concurrency=2, lease_seconds=2.0
+            own_redis_server.url, name=name, max_concurrency=2, lease_seconds=2.0
         ) as limiter:
             async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter, poll=poll) as client:
                 tasks = [await client.submit("a", model="nano-banana-fast") for _ in range(2)]
