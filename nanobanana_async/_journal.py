@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -102,7 +103,11 @@ def _record_of(data: Mapping[str, Any]) -> JournalRecord | None:
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         return None
     moment = data.get("time", 0.0)
-    if isinstance(moment, bool) or not isinstance(moment, (int, float)):
+    if (
+        isinstance(moment, bool)
+        or not isinstance(moment, (int, float))
+        or not math.isfinite(moment)
+    ):
         return None
     return JournalRecord(
         key=key,
