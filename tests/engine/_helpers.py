@@ -25,6 +25,7 @@ SPEED = 1000.0
 NO_SLEEP = nb.RetryPolicy(sleep=False)
 
 
+CREATE_PATH = "/api/v1/image/nano-banana"
 RESULT_PATH = "/api/v1/image/nano-banana/result"
 
 
@@ -158,6 +159,41 @@ class Hold:
         return web.json_response(payload)
 
 
+class Gate:
+    """Keep every request to one path waiting at the emulator's door until opened (a middleware).
+
+    A held request has left the client but has not reached the emulator's handler: a create is
+    on the wire, neither processed nor charged, for exactly as long as the test wants.
+    """
+
+    def __init__(self, emu: Emulator, path: str = CREATE_PATH) -> None:
+        self._path = path
+        self._open = asyncio.Event()
+        #: Requests waiting at the gate now.
+        self.waiting = 0
+        emu.app.middlewares.append(web.middleware(self._door))
+
+    @property
+    def _door(self) -> Callable[..., Awaitable[web.StreamResponse]]:
+        async def door(
+            request: web.Request,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        ) -> web.StreamResponse:
+            if request.path == self._path and not self._open.is_set():
+                self.waiting += 1
+                try:
+                    await self._open.wait()
+                finally:
+                    self.waiting -= 1
+            return await handler(request)
+
+        return door
+
+    def open(self) -> None:
+        """Let the waiting requests, and every later one, through."""
+        self._open.set()
+
+
 @asynccontextmanager
 async def held_emulator(**options: Any) -> AsyncIterator[tuple[Emulator, Hold]]:
     """Start an emulator (speed 1000 unless given) whose tasks are held running until released."""
@@ -168,6 +204,21 @@ async def held_emulator(**options: Any) -> AsyncIterator[tuple[Emulator, Hold]]:
         try:
             yield emu, hold
         finally:
+            hold.release()
+
+
+@asynccontextmanager
+async def gated_emulator(**options: Any) -> AsyncIterator[tuple[Emulator, Gate, Hold]]:
+    """Start an emulator whose creates wait at a `Gate` and whose tasks are held running."""
+    options.setdefault("speed", SPEED)
+    emu = Emulator(**options)
+    gate = Gate(emu)
+    hold = Hold(emu)
+    async with emu:
+        try:
+            yield emu, gate, hold
+        finally:
+            gate.open()
             hold.release()
 
 
