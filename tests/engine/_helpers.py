@@ -105,21 +105,23 @@ class Hold:
 
     def __init__(self, emu: Emulator) -> None:
         self._holding = True
-        self._released: set[str] = set()
+        self._released: list[Callable[[str], bool]] = []
         #: Ids of the tasks whose end was hidden from a poll at least once.
         self.hidden: set[str] = set()
         emu.app.middlewares.append(web.middleware(self._rewrite))
 
-    def release(self, task_id: str | None = None) -> None:
-        """Let *task_id* (without one: every task, from now on) report its real status."""
-        if task_id is None:
+    def release(self, which: str | Callable[[str], bool] | None = None) -> None:
+        """Let a task (an id, or the ids a predicate accepts; none: all) report its real status."""
+        if which is None:
             self._holding = False
+        elif isinstance(which, str):
+            self._released.append(which.__eq__)
         else:
-            self._released.add(task_id)
+            self._released.append(which)
 
-    def holds(self, task_id: object) -> bool:
+    def holds(self, task_id: str) -> bool:
         """Whether polls of *task_id* are still held."""
-        return self._holding and task_id not in self._released
+        return self._holding and not any(released(task_id) for released in self._released)
 
     @property
     def _rewrite(self) -> Callable[..., Awaitable[web.StreamResponse]]:
