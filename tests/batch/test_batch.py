@@ -12,7 +12,7 @@ import nanobanana_async as nb
 from nanobanana_async._batch import request_key, slugify
 from nanobanana_async.testing import Emulator, Fault
 
-from ._helpers import fast_client, journal_lines, last_states, pngs, wait_until
+from ._helpers import fast_client, held_emulator, journal_lines, last_states, pngs, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -88,7 +88,8 @@ async def test_a_rerun_skips_finished_items(tmp_path: Path) -> None:
 async def test_a_stopped_batch_resumes_by_attaching_to_its_running_tasks(tmp_path: Path) -> None:
     """stop() leaves tasks running in the journal; the rerun awaits them by id, never re-sent."""
     prompts = [f"slow {i}" for i in range(4)]
-    async with Emulator(speed=1000, duration=300, image_downscale=8) as emu:
+    # Held running by the emulator until the second run: none can end before stop().
+    async with held_emulator(duration=20) as (emu, hold):
         async with fast_client(emu, max_concurrency=4) as client:
             batch = nb.Batch(client, prompts, tmp_path)
             submitted: list[str] = []
@@ -104,6 +105,7 @@ async def test_a_stopped_batch_resumes_by_attaching_to_its_running_tasks(tmp_pat
         assert first.running == 4
         assert first.pending == 0
         assert set(last_states(tmp_path / "journal.jsonl").values()) == {"running"}
+        hold.release()
         async with fast_client(emu) as client:
             events: list[nb.BatchEvent] = []
             second = await nb.run_batch(client, prompts, tmp_path, on_event=events.append)
@@ -304,7 +306,8 @@ async def test_the_journal_can_live_elsewhere_and_holds_no_secret(tmp_path: Path
 
 async def test_one_journal_serves_one_batch_at_a_time(tmp_path: Path) -> None:
     """While a batch runs, another on its journal is refused before sending anything."""
-    async with Emulator(speed=1000, duration=200, image_downscale=8) as emu:
+    # Held running by the emulator: the first batch is still running when the second starts.
+    async with held_emulator(duration=20) as (emu, hold):
         async with fast_client(emu) as client:
             running = nb.Batch(client, ["slow"], tmp_path)
             other = nb.Batch(client, ["slow"], tmp_path)
@@ -314,6 +317,7 @@ async def test_one_journal_serves_one_batch_at_a_time(tmp_path: Path) -> None:
                 await wait_until(lambda: bool(events))
                 with pytest.raises(nb.InvalidRequestError, match="in use by another"):
                     await other.run()
+                hold.release()
             assert emu.ledger.creates_received == 1
             # Once the run ended, the journal is free again.
             again = await nb.run_batch(client, ["slow"], tmp_path)
