@@ -142,6 +142,9 @@ async def test_connections_never_exceed_max_connections() -> None:
                 group.start_soon(sample)
                 results = await client.map(f"pooled {i}" for i in range(400))
                 group.cancel_scope.cancel()
+            # The pool keeps its connections open: a last look cannot miss them, however
+            # rarely the sampler got to run on a busy machine.
+            peak = max(peak, established_to(port))
         assert len(results) == 400
         assert 2 <= peak <= 8
         await wait_for(lambda: established_to(port) == 0)
