@@ -48,14 +48,15 @@ from ._errors import (
     PermissionDeniedError,
     ProtocolError,
     RateLimitError,
+    SubmitAbandonedError,
     SubmitUncertainError,
     TaskFailedError,
 )
 from ._fanout import iterate
 from ._inputs import MODEL_COSTS
-from ._limiter import Limiter
 from ._models import GenerationRequest, ImageInput, TaskResult
-from ._task import Task, _TaskState
+from ._submitter import SubmitHooks
+from ._task import Task
 from ._wire import structure, unstructure
 
 logger = logging.getLogger("nanobanana_async")
@@ -503,7 +504,7 @@ class Batch:
     ) -> None:
         if concurrency is None:
             limiter = client.limiter
-            limit = limiter.max_concurrency if isinstance(limiter, Limiter) else None
+            limit = limiter.max_concurrency
             concurrency = limit if limit is not None else DEFAULT_BATCH_CONCURRENCY
         if concurrency < 1:
             raise InvalidRequestError("concurrency", "must be at least 1")
@@ -874,24 +875,38 @@ class Batch:
             self._skip(position, key, prompt)
             return None
 
-        async def intent() -> None:
-            # Written once the create is about to leave (after the limiter's wait): from here a
+        async def intent(_: GenerationRequest) -> bool:
+            # A stopping batch sends nothing more: the create is abandoned unsent.
+            if self._stopping:
+                return False
+            # Written once the create is about to leave (after the limiter's waits): from here a
             # crash may have cost a credit, so a rerun reports the item instead of resending it.
-            await journal.write(self._record(key, position, request, "submitting"))
+            with anyio.CancelScope(shield=True):
+                await journal.write(self._record(key, position, request, "submitting"))
+            return True
 
-        async def created(state: _TaskState) -> None:
+        async def created(task: Task) -> None:
             # Runs inside the create attempt, which cancelling this batch does not reach: the task
             # id goes on disk before anything else happens, even if the batch is being stopped.
             await journal.write(
                 attrs.evolve(
                     self._record(key, position, request, "running"),
-                    task_id=state.id,
-                    cost=state.charged,
+                    task_id=task.id,
+                    cost=task.credits_cost,
                 )
             )
 
         try:
-            task = Task(await self._client._submit(request, before_send=intent, on_created=created))
+            task = None
+            with self._stoppable():
+                # stop() abandons a create still waiting for a slot or a pause: nothing is sent.
+                task = await self._client.submit(
+                    request, hooks=SubmitHooks(before_send=intent, on_created=created)
+                )
+            if task is None:
+                return None  # stopped; a create already on its way journals its task id
+        except SubmitAbandonedError:
+            return None  # stopped before it was sent: the item stays pending
         except SubmitUncertainError as exc:
             cost = _estimate(request.model)
             await journal.write(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import random
 import ssl as ssl_module
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 import aiohttp
 import anyio
@@ -20,9 +20,11 @@ import attrs
 from ._config import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
     PollPolicy,
+    RequestKind,
     RetryEvent,
     RetryPolicy,
     Timeouts,
+    positive_int,
 )
 from ._credits import CreditLedger, CreditUsage
 from ._download import Downloader
@@ -33,37 +35,30 @@ from ._errors import (
     InvalidRequestError,
     NanoBananaError,
     ProtocolError,
-    RateLimitError,
-    ServerError,
-    SubmitUncertainError,
     TaskTimeoutError,
 )
 from ._fanout import Requests, fan_out
-from ._inputs import request_references
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
     DEFAULT_ASPECT_RATIO,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_MODEL,
+    AspectRatio,
     GeneratedImage,
     GenerationRequest,
     ImageInput,
+    ImageSize,
+    ModelName,
     TaskResult,
     TaskSnapshot,
     TaskStatus,
 )
 from ._poller import DurationStats, PollScheduler, PollTimer
-from ._task import Task, _TaskState
-from ._transport import (
-    HOPELESS_ERRORS,
-    NETWORK_ERRORS,
-    NOT_SENT_ERRORS,
-    RequestKind,
-    Transport,
-    logger,
-)
-from ._wire import CREATE_PATH, RESULT_PATH, create_form, decode_answer, result_body
-from ._wire import structure_snapshot as _structure
+from ._retry import Backoff
+from ._submitter import SubmitHooks, Submitter
+from ._task import Task, TaskState
+from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, Transport, logger
+from ._wire import RESULT_PATH, decode_answer, result_body, structure_snapshot
 
 DEFAULT_BASE_URL = "https://nanobananapro.cloud"
 DEFAULT_MAX_CONCURRENCY = 8
@@ -75,25 +70,22 @@ BASE_URL_ENV = "NANOBANANA_BASE_URL"
 
 #: Statuses below 500 that a poll may simply repeat (every 5xx may be repeated too).
 _RETRY_POLL_STATUSES = frozenset({408, 425, 429})
-#: Statuses of a create answered before any processing: re-sending cannot charge twice.
-_RETRY_CREATE_STATUSES = frozenset({429, 503})
+#: The deadline of the task whose poll is passing the gate (the gate must not outwait it).
+_GATE_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "nanobanana_gate_deadline", default=None
+)
 
 
 class _Retry(Exception):
-    """A failure worth another try; carries the error to raise if tries run out."""
+    """A poll failure worth another try; carries the error to raise if tries run out."""
 
-    def __init__(self, error: NanoBananaError, pause: float | None = None) -> None:
+    def __init__(self, error: NanoBananaError) -> None:
         super().__init__(str(error))
         self.error = error
-        self.pause = pause
 
 
-@attrs.frozen
-class _Claim:
-    """What a create holds before it is sent: a limiter slot and a credit reservation."""
-
-    lease: Lease
-    reserved: int
+class _GateTimeout(Exception):
+    """A poll's wait in the gate (a pause, the rate cap) reached its task's deadline."""
 
 
 class Client:
@@ -143,8 +135,18 @@ class Client:
         url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         if not url.startswith(("http://", "https://")):
             raise InvalidRequestError("base_url", f"must be an http(s) URL; got {url!r}")
-        if max_connections < 1:
-            raise InvalidRequestError("max_connections", "must be at least 1")
+        positive_int("max_connections", max_connections)
+        positive_int("max_download_bytes", max_download_bytes)
+        if max_credits is not None and (
+            isinstance(max_credits, bool) or not isinstance(max_credits, int) or max_credits < 0
+        ):
+            raise InvalidRequestError("max_credits", "must be a non-negative integer, or None")
+        for name, value in (("poll", poll), ("retry", retry), ("timeouts", timeouts)):
+            kind = {"poll": PollPolicy, "retry": RetryPolicy, "timeouts": Timeouts}[name]
+            if not isinstance(value, kind):
+                raise InvalidRequestError(name, f"must be a {kind.__name__}; got {value!r}")
+        if limiter is not None and not isinstance(limiter, BaseLimiter):
+            raise InvalidRequestError("limiter", f"must be a BaseLimiter; got {limiter!r}")
         self._transport = Transport(
             api_key=key.strip(),
             base_url=url,
@@ -166,11 +168,18 @@ class Client:
         self._scheduler = PollScheduler(
             self._poll, concurrency=max_connections, on_crash=self._poll_crashed
         )
-        self._tasks: dict[str, _TaskState] = {}
-        # Create attempts in flight (cancelled by aclose) and limiter releases (awaited by it).
-        self._attempts: set[asyncio.Task[Any]] = set()
-        self._background: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[str, TaskState] = {}
         self._retry_listeners: list[Callable[[RetryEvent], None]] = []
+        self._submitter = Submitter(
+            transport=self._transport,
+            limiter=self._limiter,
+            credits=self._credits,
+            retry=retry,
+            rng=self._rng,
+            track=self._track_created,
+            notify=self._notify_retry,
+            pause=self._limiter.pause,
+        )
         self._downloader = Downloader(
             lambda: self._transport.session,
             self._transport.download_slots,
@@ -207,19 +216,14 @@ class Client:
         self._closed = True
         with anyio.CancelScope(shield=True):
             await self._scheduler.aclose()
-            background = list(self._attempts)
-            for job in background:
-                job.cancel()
-            if background:
-                await asyncio.gather(*background, return_exceptions=True)
+            await self._submitter.aclose()
             tasks, self._tasks = self._tasks, {}
             for state in tasks.values():
                 self._end(
                     state, ClientClosedError(f"the client closed before task {state.id} ended")
                 )
             # Releases of a shared limiter started just now: let them finish.
-            while self._background:
-                await asyncio.gather(*list(self._background), return_exceptions=True)
+            await self._submitter.drain()
             await self._transport.aclose()
 
     @property
@@ -260,12 +264,26 @@ class Client:
         if self._closed:
             # aclose() frees slots as it stops polls: nothing queued may leave through them.
             raise ClientClosedError("the client is closed")
-        await self._limiter.ready()
+        deadline = _GATE_DEADLINE.get() if kind == "poll" else None
+        if deadline is None:
+            await self._limiter.ready(kind)
+            return
+        # A poll never outwaits its task's deadline in a pause or behind the rate cap.
+        with anyio.move_on_after(deadline - asyncio.get_running_loop().time()) as scope:
+            await self._limiter.ready(kind)
+        if scope.cancelled_caught:
+            raise _GateTimeout
 
     def _check(self) -> None:
         if self._closed:
             raise ClientClosedError("the client is closed")
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ClientStateError(
+                "nanobanana_async needs a running asyncio event loop (aiohttp is asyncio-only): "
+                "use asyncio.run(), or anyio.run(..., backend='asyncio'); trio is not supported"
+            ) from None
         if self._loop is None:
             self._loop = loop
         elif loop is not self._loop:
@@ -279,18 +297,22 @@ class Client:
         self,
         prompt: str | GenerationRequest,
         *,
-        model: str = DEFAULT_MODEL,
-        aspect_ratio: str = DEFAULT_ASPECT_RATIO,
-        image_size: str = DEFAULT_IMAGE_SIZE,
+        model: ModelName = DEFAULT_MODEL,
+        aspect_ratio: AspectRatio = DEFAULT_ASPECT_RATIO,
+        image_size: ImageSize = DEFAULT_IMAGE_SIZE,
         images: ImageInput | list[ImageInput] | tuple[ImageInput, ...] | None = None,
+        hooks: SubmitHooks | None = None,
     ) -> Task:
         """Create a generation task and return it as soon as the API answers.
 
         Waits for a slot of the limiter first (not charged to any timeout). The create is re-sent
-        only when it provably never reached the server.
+        only when it provably never reached the server. *hooks* are called right before the body
+        leaves (and may veto it) and with the task as soon as it exists.
 
         Raises:
             InvalidRequestError: the input breaks a rule of the API; nothing was sent.
+            BudgetExceededError: the create could pass a credit budget; nothing was sent.
+            SubmitAbandonedError: a hook vetoed the create; nothing was sent.
             SubmitUncertainError: the create may have been charged but its answer was lost.
             APIStatusError: the API refused the create (400, 401, 402, ...).
         """
@@ -306,15 +328,15 @@ class Client:
             )
         )
         self._check()
-        return Task(await self._submit(request))
+        return await self._submitter.submit(request, hooks)
 
     async def generate(
         self,
         prompt: str | GenerationRequest,
         *,
-        model: str = DEFAULT_MODEL,
-        aspect_ratio: str = DEFAULT_ASPECT_RATIO,
-        image_size: str = DEFAULT_IMAGE_SIZE,
+        model: ModelName = DEFAULT_MODEL,
+        aspect_ratio: AspectRatio = DEFAULT_ASPECT_RATIO,
+        image_size: ImageSize = DEFAULT_IMAGE_SIZE,
         images: ImageInput | list[ImageInput] | tuple[ImageInput, ...] | None = None,
         timeout: float | None = None,
     ) -> TaskResult:
@@ -324,229 +346,91 @@ class Client:
         )
         return await task.wait(timeout)
 
-    async def _submit(
-        self,
-        request: GenerationRequest,
-        before_send: Callable[[], Awaitable[None]] | None = None,
-        on_created: Callable[[_TaskState], Awaitable[None]] | None = None,
-    ) -> _TaskState:
-        """Submit *request*; await *before_send* once, right before the first attempt leaves.
-
-        The batch journal writes its intent there: after the limiter's wait, so that a crash while
-        queued is not mistaken for a create that may have been charged. *on_created* is awaited
-        with the new task inside the attempt, which the caller's cancellation does not reach.
-        """
-        references = request_references(request)
-        reserved = self._credits.reserve(request.model)
-        try:
-            lease = await self._limiter.acquire()
-        except BaseException:
-            self._credits.cancel(reserved)
-            raise
-        claim = _Claim(lease, reserved)
-        # Until a create attempt takes the claim over, this coroutine owns it.
-        owned = True
-        try:
-            started = time.monotonic()
-            attempt = 0
-            while True:
-                attempt += 1
-                await self._limiter.ready()
-                self._check()
-                if before_send is not None and attempt == 1:
-                    await before_send()
-                    self._check()
-                # The attempt runs as its own task: once bytes may be on the wire, cancelling the
-                # caller must not cut it off, or a charged task could go untracked.
-                job = asyncio.get_running_loop().create_task(
-                    self._create_attempt(request, references, claim, on_created)
-                )
-                self._attempts.add(job)
-                job.add_done_callback(self._attempts.discard)
-                owned = False
-                try:
-                    outcome = await asyncio.shield(job)
-                except asyncio.CancelledError:
-                    if job.cancelled() and self._closed:
-                        # Not our caller's cancellation: aclose() stopped the attempt mid-flight.
-                        raise SubmitUncertainError(
-                            request, ClientClosedError("the client closed during the create")
-                        ) from None
-                    job.add_done_callback(self._reclaim_after_abandon(claim))
-                    raise
-                if isinstance(outcome, _TaskState):
-                    return outcome
-                owned = True
-                error = outcome.error
-                wait = await self._retry_wait(attempt, outcome)
-                if self._out_of_tries(attempt, started, wait):
-                    raise error
-                self._notify_retry("create", attempt, wait, error, None)
-                if wait > 0:
-                    await anyio.sleep(wait)
-        finally:
-            if owned:
-                self._drop_claim(claim)
-
-    def _drop_claim(self, claim: _Claim) -> None:
-        """Give back a claim whose create definitely did not happen."""
-        self._credits.cancel(claim.reserved)
-        self._release_soon(claim.lease)
-
-    def _reclaim_after_abandon(self, claim: _Claim) -> Callable[[asyncio.Task[Any]], None]:
-        def reclaim(job: asyncio.Task[Any]) -> None:
-            # The caller was cancelled mid-attempt. If the attempt ended in "retry", nobody owns
-            # the claim any more; a created task owns it, and a raising attempt settled it.
-            if not job.cancelled() and isinstance(job.exception() or job.result(), _Retry):
-                self._drop_claim(claim)
-
-        return reclaim
-
-    def _release_soon(self, lease: Lease) -> None:
-        if isinstance(self._limiter, Limiter):
-            self._limiter.release_nowait(lease)
-            return
-        job = asyncio.get_running_loop().create_task(self._limiter.release(lease))
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-
-    async def _create_attempt(
-        self,
-        request: GenerationRequest,
-        references: list[Any],
-        claim: _Claim,
-        on_created: Callable[[_TaskState], Awaitable[None]] | None,
-    ) -> _TaskState | _Retry:
-        """Send one create; from here the attempt owns the claim (slot and credit reservation).
-
-        A created task takes the claim over; a failure settles it. Returns `_Retry` (the caller
-        takes the claim back) when the create provably never arrived.
-        """
-        try:
-            form, opened = create_form(request, references)
-        except OSError as exc:
-            self._drop_claim(claim)
-            raise InvalidRequestError("images", f"cannot open a reference: {exc}") from exc
-        sent = False
-
-        def mark_sent() -> None:
-            nonlocal sent
-            sent = True
-
-        try:
-            try:
-                status, body, retry_after = await self._transport.post(
-                    CREATE_PATH, data=form, task_id=None, kind="create", on_send=mark_sent
-                )
-            except HOPELESS_ERRORS as exc:
-                raise self._transport.network_error(exc, "create") from exc
-            except NOT_SENT_ERRORS as exc:
-                return _Retry(self._transport.network_error(exc, "create"))
-            except NETWORK_ERRORS as exc:
-                raise SubmitUncertainError(
-                    request, self._transport.network_error(exc, "create")
-                ) from exc
-            finally:
-                for stream in opened:
-                    stream.close()
-            if status in _RETRY_CREATE_STATUSES:
-                try:
-                    decode_answer(status, body, retry_after)
-                except APIStatusError as exc:
-                    return _Retry(exc, getattr(exc, "retry_after", None) if status == 429 else None)
-            try:
-                data = decode_answer(status, body, retry_after)
-                snapshot = _structure(data, body=body)
-            except ServerError as exc:
-                raise SubmitUncertainError(request, exc) from exc
-            except ProtocolError as exc:
-                if 200 <= status < 300:
-                    raise SubmitUncertainError(request, exc) from exc
-                raise
-        except (SubmitUncertainError, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError) and not sent:
-                # aclose() stopped the attempt while it still queued for a connection.
-                self._drop_claim(claim)
-                raise
-            # It may have been charged (a cancel here comes from aclose() with the create in
-            # flight): count it so, and never let a budget forget it.
-            self._credits.uncertain(claim.reserved)
-            self._release_soon(claim.lease)
-            raise
-        except BaseException:
-            self._drop_claim(claim)
-            raise
-        cost = self._credits.charge(claim.reserved, request.model, snapshot.credits_cost)
-        state = self._track(snapshot, request=request, lease=claim.lease)
-        state.cost = state.charged = cost
-        if on_created is not None:
-            await on_created(state)
-        return state
+    def _track_created(
+        self, snapshot: TaskSnapshot, request: GenerationRequest, lease: Lease, charged: int
+    ) -> Task:
+        state = self._track(snapshot, request=request, lease=lease, charged=charged)
+        return Task(state)
 
     def _track(
-        self, snapshot: TaskSnapshot, *, request: GenerationRequest | None, lease: Lease | None
-    ) -> _TaskState:
+        self,
+        snapshot: TaskSnapshot,
+        *,
+        request: GenerationRequest | None,
+        lease: Lease | None,
+        charged: int = 0,
+        first_delay: float | None = None,
+    ) -> TaskState:
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = self._timeouts.task
-        state = _TaskState(
+        state = TaskState(
             self._bind(snapshot),
+            loop=loop,
             model=request.model if request is not None else None,
             image_size=request.image_size if request is not None else None,
             submitted_at=now,
             deadline=None if deadline is None else now + deadline,
             lease=lease,
         )
+        if charged:
+            state.cost = state.charged = charged
         if snapshot.is_terminal:
-            self._end(state)
+            # Answered as already done: a failed create is refunded by the service.
+            self._update(state, snapshot, now)
             return state
         self._tasks[state.id] = state
-        self._schedule(state, now + self._timer.first_delay(state))
+        delay = self._timer.first_delay(state) if first_delay is None else first_delay
+        self._schedule(state, now + delay)
         return state
 
-    def _schedule(self, state: _TaskState, due: float) -> None:
+    def _schedule(self, state: TaskState, due: float) -> None:
         if state.deadline is not None and due > state.deadline:
             due = state.deadline
         self._scheduler.schedule(state, due)
 
     # --- polling ---------------------------------------------------------------------------------
 
-    async def _poll(self, state: _TaskState) -> None:
+    async def _poll(self, state: TaskState) -> None:
         """Poll one tracked task once (called by the scheduler) and plan what comes next."""
         if state.done:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
         try:
-            snapshot = await self._poll_once(state.id)
+            token = _GATE_DEADLINE.set(state.deadline)
+            try:
+                snapshot = await self._poll_once(state.id)
+            finally:
+                _GATE_DEADLINE.reset(token)
+        except _GateTimeout:
+            self._end(state, self._deadline_error(state))
+            return
         except _Retry as retry:
-            if state.failures == 0:
-                state.first_failure_at = now
-            state.failures += 1
-            wait = await self._retry_wait(state.failures, retry)
+            if state.backoff is None:
+                state.backoff = Backoff(self._retry, self._rng, clock=loop.time)
+            backoff = state.backoff
+            wait = backoff.next_wait(retry.error)
+            if backoff.pause:
+                await self._limiter.pause(backoff.pause)
             # A run of failed polls is bounded by the retry policy, and by the task's deadline.
-            given_up = self._out_of_tries(
-                state.failures, state.first_failure_at, wait, clock=loop.time
-            ) or (state.deadline is not None and loop.time() + wait > state.deadline)
-            if given_up:
+            if wait is None or (state.deadline is not None and loop.time() + wait > state.deadline):
                 self._end(state, retry.error)
                 return
-            self._notify_retry("result", state.failures, wait, retry.error, state.id)
+            self._notify_retry("result", backoff.attempt, wait, retry.error, state.id)
             self._schedule(state, loop.time() + wait)
             return
         except NanoBananaError as exc:
             self._end(state, exc)
             return
-        state.failures = 0
+        state.backoff = None
         lease = state.lease
-        if (
-            lease is not None
-            and not snapshot.is_terminal
-            and not isinstance(self._limiter, Limiter)
-        ):
+        if lease is not None and not snapshot.is_terminal:
             # A shared store's leases expire (so a crashed worker frees its slots): each poll of a
-            # live task keeps its lease alive. The in-process limiter has nothing to renew.
-            await self._limiter.renew(lease)
+            # live task keeps its lease alive. A renewal never ends a task that is paid for.
+            try:
+                await self._limiter.renew(lease)
+            except Exception:
+                logger.exception("renewing the limiter lease of task %s failed", state.id)
         self._update(state, snapshot, loop.time())
 
     async def _poll_once(self, task_id: str) -> TaskSnapshot:
@@ -561,9 +445,7 @@ class Client:
             raise _Retry(self._transport.network_error(exc, "poll")) from exc
         try:
             data = decode_answer(status, body, retry_after)
-            return self._bind(_structure(data, task_id=task_id, body=body))
-        except RateLimitError as exc:
-            raise _Retry(exc, exc.retry_after if exc.retry_after is not None else None) from exc
+            return self._bind(structure_snapshot(data, task_id=task_id, body=body))
         except APIStatusError as exc:
             if exc.status >= 500 or exc.status in _RETRY_POLL_STATUSES:
                 raise _Retry(exc) from exc
@@ -577,11 +459,20 @@ class Client:
         bound = tuple(attrs.evolve(image, fetcher=self._downloader) for image in snapshot.results)
         return attrs.evolve(snapshot, results=bound)
 
-    def _update(self, state: _TaskState, snapshot: TaskSnapshot, now: float) -> None:
+    def _deadline_error(self, state: TaskState) -> TaskTimeoutError:
+        return TaskTimeoutError(
+            f"task {state.id} passed the client's task deadline of {self._timeouts.task} s "
+            f"(last progress {state.snapshot.progress}%)",
+            task_id=state.id,
+        )
+
+    def _update(self, state: TaskState, snapshot: TaskSnapshot, now: float) -> None:
         old = state.snapshot
         if snapshot.credits_cost is not None and state.cost is None:
             state.cost = snapshot.credits_cost
         moved = snapshot.progress != old.progress
+        if snapshot.is_terminal:
+            self._release(state)  # before the waiters wake, so that they find the slot free
         if moved or snapshot.status is not old.status or snapshot.results != old.results:
             if old.progress == 0 and snapshot.progress > 0:
                 state.first_progress = (now, snapshot.progress)
@@ -590,63 +481,33 @@ class Client:
             if snapshot.status is TaskStatus.FAILED and state.charged:
                 # The service refunds failed tasks (only what this client paid counts here).
                 self._credits.refund(state.charged)
+                self._submitter.spawn(self._limiter.refund(state.charged))
             if snapshot.status is TaskStatus.SUCCEEDED and state.model is not None:
                 self._stats.add(state.model, state.image_size, now - state.submitted_at)
             self._end(state)
             return
         if state.deadline is not None and now >= state.deadline:
-            self._end(
-                state,
-                TaskTimeoutError(
-                    f"task {state.id} passed the client's task deadline of "
-                    f"{self._timeouts.task} s (last progress {snapshot.progress}%)",
-                    task_id=state.id,
-                ),
-            )
+            self._end(state, self._deadline_error(state))
             return
         self._schedule(state, now + self._timer.next_delay(state, now, moved))
 
-    def _poll_crashed(self, state: _TaskState, exc: BaseException) -> None:
+    def _poll_crashed(self, state: TaskState, exc: BaseException) -> None:
         # A bug (ours, a hook's or a limiter's) must not leave a task unpolled holding its slot.
         logger.error("polling task %s failed unexpectedly", state.id, exc_info=exc)
         self._end(state, exc)
 
-    def _end(self, state: _TaskState, error: BaseException | None = None) -> None:
-        self._tasks.pop(state.id, None)
-        state.finish(error)
+    def _release(self, state: TaskState) -> None:
         lease, state.lease = state.lease, None
-        if lease is not None:
-            self._release_soon(lease)
+        if lease is not None and not self._limiter.release_nowait(lease):
+            self._submitter.spawn(self._limiter.release(lease))
 
-    async def _retry_wait(self, attempt: int, retry: _Retry) -> float:
-        """Return the wait before the next try; after a 429 the whole key waits at least that."""
-        wait = self._retry.backoff(attempt, self._rng.random())
-        if isinstance(retry.error, RateLimitError):
-            # Retry-After is law for every request of the key, not only this one.
-            hinted = retry.pause
-            if hinted is None:
-                # No hint: the key waits out this attempt's backoff cap (no wait without sleeping).
-                hinted = (
-                    min(self._retry.max_backoff, self._retry.initial_backoff * 2.0 ** (attempt - 1))
-                    if self._retry.sleep
-                    else 0.0
-                )
-            await self._limiter.pause(hinted)
-            if self._retry.sleep:
-                wait = max(wait, hinted)
-        return wait
-
-    def _out_of_tries(
-        self,
-        attempt: int,
-        started: float,
-        wait: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> bool:
-        if attempt >= self._retry.attempts:
-            return True
-        deadline = self._retry.deadline
-        return deadline is not None and clock() + wait - started > deadline
+    def _end(self, state: TaskState, error: BaseException | None = None) -> None:
+        self._tasks.pop(state.id, None)
+        # Started before the waiters wake, so that they find the slot free already.
+        self._release(state)
+        if isinstance(error, NanoBananaError) and error.task_id is None:
+            error.task_id = state.id
+        state.finish(error)
 
     def _notify_retry(
         self, endpoint: str, attempt: int, wait: float, cause: BaseException, task_id: str | None
@@ -676,7 +537,7 @@ class Client:
     # --- fan-out ---------------------------------------------------------------------------------
 
     def _window(self) -> int:
-        limit = self._limiter.max_concurrency if isinstance(self._limiter, Limiter) else None
+        limit = self._limiter.max_concurrency
         # Twice the slots: the next submits already wait for a slot when one frees.
         return 2 * (limit if limit is not None else DEFAULT_FANOUT_WINDOW // 2)
 
@@ -734,7 +595,7 @@ class Client:
             async for index, outcome in outcomes:
                 if isinstance(outcome, Task):
                     try:
-                        results[index] = outcome._outcome()
+                        results[index] = outcome.result()
                     except NanoBananaError as exc:
                         if not return_exceptions:
                             raise
@@ -748,7 +609,9 @@ class Client:
     def task(self, task_id: str) -> Task:
         """Return a `Task` for a task submitted elsewhere (another request, process or host).
 
-        The client polls it until it is terminal. It holds no slot of the limiter.
+        The client polls it at once, then until it is terminal; until the first answer its
+        snapshot's status is `TaskStatus.UNKNOWN` (`await task.refresh()` waits for it). It holds
+        no slot of the limiter.
         """
         if not isinstance(task_id, str) or not task_id.strip():
             raise InvalidRequestError("task_id", "must be a non-empty string")
@@ -756,7 +619,10 @@ class Client:
         state = self._tasks.get(task_id)
         if state is None:
             state = self._track(
-                TaskSnapshot(id=task_id, status=TaskStatus.RUNNING), request=None, lease=None
+                TaskSnapshot(id=task_id, status=TaskStatus.UNKNOWN),
+                request=None,
+                lease=None,
+                first_delay=0.0,
             )
         return Task(state)
 
@@ -765,18 +631,18 @@ class Client:
         if not isinstance(task_id, str) or not task_id.strip():
             raise InvalidRequestError("task_id", "must be a non-empty string")
         self._check()
-        started = time.monotonic()
-        attempt = 0
+        backoff = Backoff(self._retry, self._rng)
         while True:
-            attempt += 1
             self._check()
             try:
                 return await self._poll_once(task_id)
             except _Retry as retry:
-                wait = await self._retry_wait(attempt, retry)
-                if self._out_of_tries(attempt, started, wait):
+                wait = backoff.next_wait(retry.error)
+                if backoff.pause:
+                    await self._limiter.pause(backoff.pause)
+                if wait is None:
                     raise retry.error from retry
-                self._notify_retry("result", attempt, wait, retry.error, task_id)
+                self._notify_retry("result", backoff.attempt, wait, retry.error, task_id)
                 if wait > 0:
                     await anyio.sleep(wait)
 

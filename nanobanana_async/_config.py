@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import attrs
+
+from ._errors import InvalidRequestError
+
+#: What a request is, for a limiter's gate: a paid create, or a free and repeatable poll.
+RequestKind = Literal["create", "poll"]
 
 #: Seconds allowed to open a TCP (and TLS) connection.
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -31,6 +37,23 @@ DEFAULT_POLL_JITTER = 0.1
 DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 
 
+def _seconds(field: str, value: float | None, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        rule = "a number of seconds >= 0" + (", or None" if allow_none else "")
+        raise InvalidRequestError(field, f"must be {rule}; got {value!r}")
+
+
+def positive_int(field: str, value: object, *, allow_none: bool = False) -> None:
+    """Refuse anything but an int >= 1 (or None when allowed), naming *field*."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        rule = "an integer >= 1" + (", or None" if allow_none else "")
+        raise InvalidRequestError(field, f"must be {rule}; got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Timeouts:
     """Timeouts of the network and of tasks; `None` means no limit.
@@ -42,6 +65,10 @@ class Timeouts:
     request: float | None = DEFAULT_REQUEST_TIMEOUT
     download: float | None = DEFAULT_DOWNLOAD_TIMEOUT
     task: float | None = DEFAULT_TASK_TIMEOUT
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("connect", "request", "download", "task"):
+            _seconds(f"Timeouts.{name}", getattr(self, name))
 
 
 @attrs.frozen(kw_only=True)
@@ -59,29 +86,45 @@ class RetryEvent:
 class RetryPolicy:
     """Capped exponential backoff with full jitter, bounded by attempts and a deadline.
 
-    Polls are retried on transport errors, timeouts, 429 and 5xx. A create is retried only when it
-    provably never reached the server. `sleep=False` makes every wait zero, for tests.
+    Polls and downloads are retried on transport errors, timeouts, 429 and 5xx. A create is
+    re-sent only when it provably never reached the server: after connection refused, a DNS
+    failure or a 429, and after a 503 only with `resend_on_503=True` (a 503 may come from behind
+    the point where the service charges). A `Retry-After` longer than `max_pause` (by default the
+    policy's `deadline`) fails that request at once with `RateLimitError`, and no request of the
+    key waits longer than that cap. `sleep=False` makes every wait zero, for tests.
     """
 
     attempts: int = DEFAULT_RETRY_ATTEMPTS
     initial_backoff: float = DEFAULT_RETRY_INITIAL_BACKOFF
     max_backoff: float = DEFAULT_RETRY_MAX_BACKOFF
     deadline: float | None = DEFAULT_RETRY_DEADLINE
+    max_pause: float | None = None
+    resend_on_503: bool = False
     jitter: bool = True
     sleep: bool = True
     on_retry: Callable[[RetryEvent], None] | None = attrs.field(default=None, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("RetryPolicy.attempts: must be at least 1")
-        if self.initial_backoff < 0 or self.max_backoff < 0:
-            raise ValueError("RetryPolicy backoffs: must not be negative")
+        positive_int("RetryPolicy.attempts", self.attempts)
+        _seconds("RetryPolicy.initial_backoff", self.initial_backoff, allow_none=False)
+        _seconds("RetryPolicy.max_backoff", self.max_backoff, allow_none=False)
+        _seconds("RetryPolicy.deadline", self.deadline)
+        _seconds("RetryPolicy.max_pause", self.max_pause)
+
+    @property
+    def pause_cap(self) -> float | None:
+        """The longest `Retry-After` honoured: `max_pause`, else `deadline` (None: no cap)."""
+        return self.max_pause if self.max_pause is not None else self.deadline
+
+    def backoff_cap(self, attempt: int) -> float:
+        """Return the longest wait before retry number *attempt* (1-based), before jitter."""
+        return min(self.max_backoff, self.initial_backoff * 2.0 ** (attempt - 1))
 
     def backoff(self, attempt: int, rand: float) -> float:
         """Return the wait before retry number *attempt* (1-based), given a uniform *rand*."""
         if not self.sleep:
             return 0.0
-        cap = min(self.max_backoff, self.initial_backoff * 2.0 ** (attempt - 1))
+        cap = self.backoff_cap(attempt)
         return cap * rand if self.jitter else cap
 
 
@@ -101,9 +144,14 @@ class PollPolicy:
     speed: float = 1.0
 
     def __attrs_post_init__(self) -> None:
-        if self.min_interval <= 0 or self.max_interval < self.min_interval:
-            raise ValueError("PollPolicy: need 0 < min_interval <= max_interval")
-        if not 0 <= self.jitter < 1:
-            raise ValueError("PollPolicy.jitter: must be in [0, 1)")
-        if self.speed <= 0:
-            raise ValueError("PollPolicy.speed: must be positive")
+        _seconds("PollPolicy.initial_delay", self.initial_delay)
+        _seconds("PollPolicy.min_interval", self.min_interval, allow_none=False)
+        _seconds("PollPolicy.max_interval", self.max_interval, allow_none=False)
+        if not 0 < self.min_interval <= self.max_interval:
+            raise InvalidRequestError(
+                "PollPolicy.min_interval", "need 0 < min_interval <= max_interval"
+            )
+        if isinstance(self.jitter, bool) or not 0 <= self.jitter < 1:
+            raise InvalidRequestError("PollPolicy.jitter", "must be in [0, 1)")
+        if isinstance(self.speed, bool) or not self.speed > 0:
+            raise InvalidRequestError("PollPolicy.speed", "must be a positive number")

@@ -9,6 +9,8 @@ NanoBananaError
 ├── ProtocolError                           a body we cannot read; carries an excerpt
 ├── SubmitUncertainError                    a create may have reached the server
 ├── BudgetExceededError                     a submit would pass the credit budget; nothing sent
+├── SubmitAbandonedError                    a create was given up before it was sent; nothing sent
+├── LimiterUnavailableError                 a shared limiter's store cannot be reached; nothing sent
 ├── APIStatusError (.status, .body)
 │   ├── BadRequestError 400   ├── AuthenticationError 401   ├── InsufficientCreditsError 402
 │   ├── PermissionDeniedError 403   ├── NotFoundError 404
@@ -38,7 +40,12 @@ def excerpt(body: bytes | str, limit: int = EXCERPT_LIMIT) -> str:
 
 
 class NanoBananaError(Exception):
-    """Raised for every failure of this library; the root of the error tree."""
+    """Raised for every failure of this library; the root of the error tree.
+
+    `task_id` names the task the error ended, when it concerns a created task.
+    """
+
+    task_id: str | None = None
 
 
 class InvalidRequestError(NanoBananaError, ValueError):
@@ -104,6 +111,22 @@ class BudgetExceededError(NanoBananaError):
         self.cost = cost
         self.spent = spent
         self.budget = budget
+
+
+class SubmitAbandonedError(NanoBananaError):
+    """Raised when a create was given up before its body left (a hook vetoed it); nothing spent.
+
+    `request` is the request that was not sent.
+    """
+
+    def __init__(self, request: GenerationRequest, reason: str) -> None:
+        super().__init__(f"the create was abandoned before it was sent: {reason}")
+        self.request = request
+        self.reason = reason
+
+
+class LimiterUnavailableError(NanoBananaError):
+    """Raised when a shared limiter cannot reach its store; the create was not sent."""
 
 
 class APIStatusError(NanoBananaError):

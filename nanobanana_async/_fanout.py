@@ -53,16 +53,17 @@ async def fan_out(
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(window)
     # Unbounded, but never longer than *window*: a job holds a slot until its outcome is taken.
-    outcomes: asyncio.Queue[tuple[int, Outcome] | object] = asyncio.Queue()
+    outcomes: asyncio.Queue[tuple[int, Outcome | BaseException] | object] = asyncio.Queue()
     jobs: set[asyncio.Task[None]] = set()
 
     async def job(index: int, item: GenerationRequest | str) -> None:
-        outcome: Outcome
+        outcome: Outcome | BaseException
         try:
             task = await submit(item)
-            await task._state_done()
+            await task.join()
             outcome = task
-        except NanoBananaError as exc:
+        except Exception as exc:
+            # Any error, ours or not (a limiter's store, a hook): the consumer must hear of it.
             outcome = exc
         outcomes.put_nowait((index, outcome))
 
@@ -88,7 +89,9 @@ async def fan_out(
                 break
             index, outcome = entry  # type: ignore[misc]
             slots.release()
-            if isinstance(outcome, NanoBananaError) and not return_exceptions:
+            if isinstance(outcome, BaseException) and not (
+                return_exceptions and isinstance(outcome, NanoBananaError)
+            ):
                 raise outcome
             yield index, outcome
         await producer  # the iterable's own error, if it raised

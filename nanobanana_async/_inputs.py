@@ -7,14 +7,33 @@ import binascii
 import os
 import re
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, Protocol, Union
 
 import attrs
 
 from ._errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from ._models import GenerationRequest, ImageInput
+    from typing import TypeAlias
+
+#: A reference image: a path, raw bytes, a binary file object, or an http(s) or `data:` URL.
+ImageInput: TypeAlias = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
+
+
+class RequestFields(Protocol):
+    """The fields of a generation request that the input rules look at."""
+
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def aspect_ratio(self) -> str: ...
+    @property
+    def image_size(self) -> str: ...
+    @property
+    def images(self) -> tuple[ImageInput, ...]: ...
+
 
 #: Credits per create of the documented models; other model names are passed through.
 MODEL_COSTS: dict[str, int] = {"nano-banana-fast": 5, "nano-banana": 15, "nano-banana-pro": 20}
@@ -91,15 +110,16 @@ class DataRef:
 Reference = Union[FileRef, UrlRef, DataRef]
 
 
-def check_request(request: GenerationRequest) -> list[Reference]:
+def check_request(request: RequestFields) -> list[Reference]:
     """Raise `InvalidRequestError` naming the field and the rule if *request* breaks one.
 
     Returns the request's references, resolved.
     """
     if not isinstance(request.prompt, str) or not request.prompt.strip():
         raise InvalidRequestError("prompt", "must be non-empty text")
+    _check_text("prompt", request.prompt)
     model = request.model
-    if not isinstance(model, str) or not _MODEL_NAME.match(model):
+    if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
         raise InvalidRequestError(
             "model", f"must be a model name such as {', '.join(MODEL_COSTS)}; got {model!r}"
         )
@@ -109,7 +129,7 @@ def check_request(request: GenerationRequest) -> list[Reference]:
         )
     ratio = request.aspect_ratio
     if ratio != "auto":
-        if not isinstance(ratio, str) or not _RATIO.match(ratio):
+        if not isinstance(ratio, str) or not _RATIO.fullmatch(ratio):
             raise InvalidRequestError(
                 "aspect_ratio", f"must be 'auto' or W:H such as 16:9; got {ratio!r}"
             )
@@ -126,13 +146,15 @@ def check_request(request: GenerationRequest) -> list[Reference]:
     return [resolve_reference(image, model, index) for index, image in enumerate(request.images)]
 
 
-def request_references(request: GenerationRequest) -> list[Reference]:
-    """Return the request's wire references; files on disk are checked again (they may change)."""
+def recheck_references(
+    images: tuple[ImageInput, ...], model: str, checked: tuple[Reference, ...]
+) -> list[Reference]:
+    """Return the wire references; files on disk are checked again (they may have changed)."""
     return [
-        resolve_reference(request.images[index], request.model, index)
+        resolve_reference(images[index], model, index)
         if isinstance(ref, FileRef) and isinstance(ref.source, Path)
         else ref
-        for index, ref in enumerate(request._references)
+        for index, ref in enumerate(checked)
     ]
 
 
@@ -160,14 +182,40 @@ def resolve_reference(image: ImageInput, model: str, index: int) -> Reference:
     )
 
 
+def _check_text(field: str, text: str) -> None:
+    """Refuse text that cannot be sent as UTF-8 (lone surrogates), naming where."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            field,
+            f"must be valid Unicode text; it holds a lone surrogate at position {exc.start}",
+        ) from None
+
+
+def _safe_filename(name: str | None) -> str | None:
+    # A file name goes into a multipart header: it must encode, and hold no control character.
+    if not name:
+        return None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if any(ord(c) < 32 or c in '"\\' for c in name):
+        return None
+    return name
+
+
 def _check_url(url: str, field: str) -> UrlRef:
+    _check_text(field, url)
     rest = url.split("://", 1)[1]
-    if not rest or rest.startswith("/") or any(c.isspace() for c in url):
+    if not rest or rest.startswith("/") or any(c.isspace() or ord(c) < 32 for c in url):
         raise InvalidRequestError(field, f"is not a valid http(s) URL: {url[:80]!r}")
     return UrlRef(url)
 
 
 def _check_data_url(url: str, model: str, field: str) -> DataRef:
+    _check_text(field, url)
     match = _DATA_URL.match(url)
     if match is None:
         raise InvalidRequestError(field, "a data: URL must look like data:image/png;base64,...")
@@ -192,14 +240,17 @@ def _check_path(path: Path, model: str, field: str) -> FileRef:
             head = f.read(32)
     except OSError as exc:
         raise InvalidRequestError(field, f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise InvalidRequestError(field, f"is not a usable path: {exc}") from exc
     _check_size(size, field)
     content_type = _check_type(head, model, field)
-    return FileRef(path.name, content_type, path)
+    name = _safe_filename(path.name) or f"image{extension_for(content_type)}"
+    return FileRef(name, content_type, path)
 
 
 def _check_file_object(stream: IO[bytes], model: str, field: str, index: int) -> FileRef:
     name = getattr(stream, "name", None)
-    filename = Path(name).name if isinstance(name, str) and name else None
+    filename = _safe_filename(Path(name).name) if isinstance(name, str) and name else None
     # Read the caller's stream once, bounded: aiohttp would close a stream it sends, and a
     # re-sent create (after a 429) needs the bytes again. Paths, by contrast, are streamed.
     try:

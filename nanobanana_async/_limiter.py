@@ -1,7 +1,7 @@
 """Limiters: how many generations may be in flight per key, how fast requests may leave.
 
-`BaseLimiter` is the interface a shared store implements (acquire, release, renew, pause); `Limiter`
-is the in-process implementation every client uses unless given another.
+`BaseLimiter` is the interface a shared store implements; `Limiter` is the in-process
+implementation every client uses unless given another.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import time
 import anyio
 import attrs
 
+from ._config import RequestKind
+from ._errors import BudgetExceededError, InvalidRequestError
+
 
 @attrs.frozen
 class Lease:
@@ -25,9 +28,30 @@ class Lease:
 class BaseLimiter(abc.ABC):
     """The interface of a limiter shared by every client of one API key.
 
-    Implementations count generations in flight (submitted and not yet terminal), honour pauses
-    asked for by the server (`Retry-After`), and may cap the request rate.
+    A limiter counts generations in flight (submitted and not yet terminal), honours pauses asked
+    for by the server (`Retry-After`), may cap the request rate, and may hold a credit budget.
+    `Limiter` is the in-process reference implementation; a shared store (see `RedisLimiter`)
+    implements the same methods. How a client calls them:
+
+    - a create: `reserve(cost)` (may raise `BudgetExceededError`), then `acquire()` (waits for a
+      slot), then per attempt `ready("create")` right before the body leaves, then
+      `settle(cost, charged)` once it is known what the create cost (0 when it was never sent,
+      *cost* when the answer was lost and it may have been charged);
+    - a poll: `ready("poll")` before each request, `renew(lease)` after each answer that says the
+      task still runs, `refund(cost)` when the task failed (the service refunds failed tasks) and
+      `release(lease)` once it is terminal;
+    - a 429: `pause(seconds)`, already capped by `RetryPolicy.max_pause`.
+
+    Any exception from `reserve`, `acquire` or `ready("create")` abandons the create unsent, and
+    every slot and reservation taken so far is given back. A store that cannot be reached should
+    fail closed there (raise `LimiterUnavailableError`), but must never raise from `ready("poll")`,
+    `renew`, `release` or `refund`, which run for tasks that are already paid for.
     """
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """Generations allowed in flight at once, or None for no limit (sizes fan-out windows)."""
+        return None
 
     @abc.abstractmethod
     async def acquire(self) -> Lease:
@@ -37,6 +61,13 @@ class BaseLimiter(abc.ABC):
     async def release(self, lease: Lease) -> None:
         """Give a slot back; releasing a lease twice is harmless."""
 
+    def release_nowait(self, lease: Lease) -> bool:
+        """Give a slot back at once if that needs no I/O; return False if `release()` must run.
+
+        The client calls this first when a task ends, so that its waiters find the slot free.
+        """
+        return False
+
     async def renew(self, lease: Lease) -> None:  # noqa: B027 - optional for in-process limiters
         """Keep a lease alive (stores whose leases expire need this); a no-op by default."""
 
@@ -45,8 +76,17 @@ class BaseLimiter(abc.ABC):
         """Let no request of this key leave for the next *seconds* (after a 429)."""
 
     @abc.abstractmethod
-    async def ready(self) -> None:
-        """Wait until a request of this key may leave (pauses and the rate cap)."""
+    async def ready(self, kind: RequestKind = "create") -> None:
+        """Wait until one request of *kind* may leave (pauses, rate cap); takes one rate token."""
+
+    async def reserve(self, credits: int) -> None:  # noqa: B027 - no budget by default
+        """Reserve *credits* for a create about to be sent; raise `BudgetExceededError` if over."""
+
+    async def settle(self, reserved: int, charged: int) -> None:  # noqa: B027 - no budget
+        """Turn a reservation of *reserved* into a charge of *charged* (0: never sent)."""
+
+    async def refund(self, credits: int) -> None:  # noqa: B027 - no budget by default
+        """Give back *credits* of a task that failed (the service refunded them)."""
 
 
 class Limiter(BaseLimiter):
@@ -56,6 +96,7 @@ class Limiter(BaseLimiter):
         max_concurrency: Generations in flight at once; `None` means no limit.
         max_requests_per_second: Rate cap over all requests of the key; `None` means no cap.
         burst: How many requests may leave at once under the rate cap.
+        max_credits: A credit budget shared by every client using this limiter; `None`: none.
     """
 
     def __init__(
@@ -64,14 +105,15 @@ class Limiter(BaseLimiter):
         max_concurrency: int | None = 8,
         max_requests_per_second: float | None = None,
         burst: int = 1,
+        max_credits: int | None = None,
     ) -> None:
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError("Limiter.max_concurrency: must be at least 1 or None")
-        if max_requests_per_second is not None and max_requests_per_second <= 0:
-            raise ValueError("Limiter.max_requests_per_second: must be positive or None")
-        if burst < 1:
-            raise ValueError("Limiter.burst: must be at least 1")
-        self.max_concurrency = max_concurrency
+        check_limits(
+            max_concurrency=max_concurrency,
+            max_requests_per_second=max_requests_per_second,
+            burst=burst,
+            max_credits=max_credits,
+        )
+        self._max_concurrency = max_concurrency
         self.max_requests_per_second = max_requests_per_second
         self._burst = float(burst)
         self._slots = anyio.Semaphore(max_concurrency) if max_concurrency is not None else None
@@ -80,15 +122,23 @@ class Limiter(BaseLimiter):
         self._refilled = time.monotonic()
         self._paused_until = 0.0
         self._counter = itertools.count(1)
+        self.max_credits = max_credits
+        #: Credits committed against the budget: reserved or charged, less refunds.
+        self.committed_credits = 0
         #: The most generations that were ever in flight at once.
         self.max_in_flight = 0
 
     def __repr__(self) -> str:
         return (
-            f"nanobanana_async.Limiter(max_concurrency={self.max_concurrency!r}, "
+            f"nanobanana_async.Limiter(max_concurrency={self._max_concurrency!r}, "
             f"max_requests_per_second={self.max_requests_per_second!r}, "
             f"in_flight={len(self._held)})"
         )
+
+    @property
+    def max_concurrency(self) -> int | None:
+        """Generations allowed in flight at once, or None for no limit."""
+        return self._max_concurrency
 
     @property
     def in_flight(self) -> int:
@@ -106,10 +156,16 @@ class Limiter(BaseLimiter):
 
     async def release(self, lease: Lease) -> None:
         """Give a slot back; releasing a lease twice is harmless."""
-        self.release_nowait(lease)
+        self._give_back(lease)
 
-    def release_nowait(self, lease: Lease) -> None:
-        """Give a slot back without awaiting (safe from callbacks)."""
+    def release_nowait(self, lease: Lease) -> bool:
+        """Give a slot back at once (False when a subclass overrides `release`, to call it)."""
+        if type(self).release is not Limiter.release:
+            return False
+        self._give_back(lease)
+        return True
+
+    def _give_back(self, lease: Lease) -> None:
         if lease.token in self._held:
             self._held.discard(lease.token)
             if self._slots is not None:
@@ -119,7 +175,7 @@ class Limiter(BaseLimiter):
         """Let no request of this key leave for the next *seconds*."""
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
-    async def ready(self) -> None:
+    async def ready(self, kind: RequestKind = "create") -> None:
         """Wait until a request may leave: no pause in force and a rate token at hand."""
         while True:
             now = time.monotonic()
@@ -135,3 +191,42 @@ class Limiter(BaseLimiter):
                 self._tokens -= 1.0
                 return
             await asyncio.sleep((1.0 - self._tokens) / rate)
+
+    async def reserve(self, credits: int) -> None:
+        """Reserve *credits* against the budget; raise `BudgetExceededError` if they won't fit."""
+        budget = self.max_credits
+        if budget is not None and self.committed_credits + credits > budget:
+            raise BudgetExceededError(credits, self.committed_credits, budget)
+        self.committed_credits += credits
+
+    async def settle(self, reserved: int, charged: int) -> None:
+        """Turn a reservation of *reserved* into a charge of *charged* (0: never sent)."""
+        self.committed_credits += charged - reserved
+
+    async def refund(self, credits: int) -> None:
+        """Give back *credits* of a task that failed."""
+        self.committed_credits -= credits
+
+
+def check_limits(
+    *,
+    max_concurrency: int | None,
+    max_requests_per_second: float | None,
+    burst: int,
+    max_credits: int | None,
+) -> None:
+    """Refuse limits no limiter can honour, naming the field (shared by every implementation)."""
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise InvalidRequestError("max_concurrency", "must be an integer of at least 1, or None")
+    if max_requests_per_second is not None and not max_requests_per_second > 0:
+        raise InvalidRequestError("max_requests_per_second", "must be positive, or None")
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise InvalidRequestError("burst", "must be an integer of at least 1")
+    if max_credits is not None and (
+        isinstance(max_credits, bool) or not isinstance(max_credits, int) or max_credits < 0
+    ):
+        raise InvalidRequestError("max_credits", "must be a non-negative integer, or None")

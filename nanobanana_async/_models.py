@@ -6,15 +6,39 @@ import enum
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, Union
+from typing import Any, Literal, Protocol, Union
 
 import attrs
 
-if TYPE_CHECKING:
-    from typing import TypeAlias
+from ._inputs import ImageInput, Reference, check_request, recheck_references
 
-#: A reference image: a path, raw bytes, a binary file object, or an http(s) or `data:` URL.
-ImageInput: TypeAlias = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
+__all__ = ["ImageInput"]  # re-exported for the package's own modules
+
+#: A model name: the documented ones, or any other the service accepts (the set is open).
+ModelName = Union[Literal["nano-banana-fast", "nano-banana", "nano-banana-pro"], str]
+#: An aspect ratio: `auto` or W:H (newer models accept more than the listed ones).
+AspectRatio = Union[
+    Literal[
+        "auto",
+        "1:1",
+        "2:3",
+        "3:2",
+        "3:4",
+        "4:3",
+        "4:5",
+        "5:4",
+        "9:16",
+        "16:9",
+        "21:9",
+        "1:4",
+        "4:1",
+        "1:8",
+        "8:1",
+    ],
+    str,
+]
+#: An output size: 1K, 2K or 4K (lower-case `1k` is accepted and normalised).
+ImageSize = Union[Literal["1K", "2K", "4K"], str]
 
 #: The model used when none is named.
 DEFAULT_MODEL = "nano-banana"
@@ -28,11 +52,13 @@ class TaskStatus(str, enum.Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    #: Not known yet: a task attached by id whose first poll has not answered.
+    UNKNOWN = "unknown"
 
     @property
     def is_terminal(self) -> bool:
         """Whether the task will not change any more."""
-        return self is not TaskStatus.RUNNING
+        return self is TaskStatus.SUCCEEDED or self is TaskStatus.FAILED
 
     def __str__(self) -> str:
         return self.value
@@ -47,6 +73,13 @@ def _images_tuple(value: Iterable[ImageInput] | ImageInput | None) -> tuple[Imag
     return tuple(value)
 
 
+def _normal_size(value: object) -> Any:
+    # `1k` means 1K; anything else is left for the checker to name.
+    if isinstance(value, str) and value.upper() in ("1K", "2K", "4K"):
+        return value.upper()
+    return value
+
+
 @attrs.frozen(kw_only=True)
 class GenerationRequest:
     """One image generation to submit; checked against the API's rules when built.
@@ -56,17 +89,19 @@ class GenerationRequest:
     """
 
     prompt: str
-    model: str = DEFAULT_MODEL
-    aspect_ratio: str = DEFAULT_ASPECT_RATIO
-    image_size: str = DEFAULT_IMAGE_SIZE
+    model: ModelName = DEFAULT_MODEL
+    aspect_ratio: AspectRatio = DEFAULT_ASPECT_RATIO
+    image_size: ImageSize = attrs.field(default=DEFAULT_IMAGE_SIZE, converter=_normal_size)
     images: tuple[ImageInput, ...] = attrs.field(default=(), converter=_images_tuple)
     # The references as checked at construction: a stream is read once, here, and not again.
     _references: tuple[Any, ...] = attrs.field(init=False, default=(), eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        from ._inputs import check_request
-
         object.__setattr__(self, "_references", tuple(check_request(self)))
+
+    def wire_references(self) -> list[Reference]:
+        """Return the references as a create sends them (files on disk are checked again)."""
+        return recheck_references(self.images, self.model, self._references)
 
     @property
     def mode(self) -> str:
@@ -127,7 +162,7 @@ class TaskSnapshot:
     @property
     def is_terminal(self) -> bool:
         """Whether the task succeeded or failed."""
-        return self.status is not TaskStatus.RUNNING
+        return self.status.is_terminal
 
 
 @attrs.frozen(kw_only=True)

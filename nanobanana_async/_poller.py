@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ._config import PollPolicy
 
 if TYPE_CHECKING:
-    from ._task import _TaskState
+    from ._task import TaskState
 
 #: Typical durations in API seconds by model and image size (API.md §3), used until some are seen.
 _TYPICAL: dict[tuple[str, str], tuple[float, float]] = {
@@ -81,13 +81,13 @@ class PollTimer:
         self._lo = policy.min_interval / policy.speed
         self._hi = policy.max_interval / policy.speed
 
-    def _expected_low(self, state: _TaskState) -> float:
+    def _expected_low(self, state: TaskState) -> float:
         observed = self.stats.low(state.model, state.image_size)
         if observed is not None:
             return observed
         return typical_duration(state.model, state.image_size)[0] / self.policy.speed
 
-    def first_delay(self, state: _TaskState) -> float:
+    def first_delay(self, state: TaskState) -> float:
         """Seconds from submit to the first poll."""
         if self.policy.initial_delay is not None:
             return self.policy.initial_delay / self.policy.speed
@@ -95,7 +95,7 @@ class PollTimer:
             return 0.0
         return max(self._lo, _EARLY * self._expected_low(state))
 
-    def next_delay(self, state: _TaskState, now: float, moved: bool = True) -> float:
+    def next_delay(self, state: TaskState, now: float, moved: bool = True) -> float:
         """Seconds from *now* (just after a poll of a running task) to the next poll.
 
         *moved* says whether progress changed at this poll.
@@ -137,13 +137,13 @@ class PollScheduler:
 
     def __init__(
         self,
-        poll: Callable[[_TaskState], Awaitable[None]],
+        poll: Callable[[TaskState], Awaitable[None]],
         concurrency: int,
-        on_crash: Callable[[_TaskState, BaseException], None],
+        on_crash: Callable[[TaskState, BaseException], None],
     ) -> None:
         self._poll = poll
         self._on_crash = on_crash
-        self._heap: list[tuple[float, int, _TaskState, int]] = []
+        self._heap: list[tuple[float, int, TaskState, int]] = []
         self._seq = itertools.count()
         self._slots = asyncio.Semaphore(concurrency)
         self._wakeup = asyncio.Event()
@@ -153,7 +153,7 @@ class PollScheduler:
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def schedule(self, state: _TaskState, due: float) -> None:
+    def schedule(self, state: TaskState, due: float) -> None:
         """Poll *state* at loop time *due* (replacing any earlier plan for it)."""
         state.poll_generation += 1
         heapq.heappush(self._heap, (due, next(self._seq), state, state.poll_generation))
@@ -199,7 +199,7 @@ class PollScheduler:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _one(self, state: _TaskState) -> None:
+    async def _one(self, state: TaskState) -> None:
         try:
             await self._poll(state)
         except asyncio.CancelledError:

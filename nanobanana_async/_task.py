@@ -3,36 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import TaskFailedError, TaskTimeoutError
+from ._errors import ClientStateError, TaskFailedError, TaskTimeoutError
 from ._models import TaskResult, TaskSnapshot, TaskStatus
 
 if TYPE_CHECKING:
     from ._limiter import Lease
+    from ._retry import Backoff
 
 
-class _TaskState:
+class TaskState:
     """Everything the client knows about one tracked task; shared by all its `Task` handles.
 
     Slotted and lazily allocated (no event until someone waits) so that thousands cost little.
     """
 
     __slots__ = (
+        "backoff",
         "charged",
         "cost",
         "deadline",
         "done",
         "error",
-        "failures",
-        "first_failure_at",
         "first_progress",
         "id",
         "image_size",
         "lease",
+        "loop",
         "model",
         "poll_generation",
         "snapshot",
@@ -45,6 +46,7 @@ class _TaskState:
         self,
         snapshot: TaskSnapshot,
         *,
+        loop: asyncio.AbstractEventLoop,
         model: str | None,
         image_size: str | None,
         submitted_at: float,
@@ -53,6 +55,7 @@ class _TaskState:
     ) -> None:
         self.id = snapshot.id
         self.snapshot = snapshot
+        self.loop = loop
         self.model = model
         self.image_size = image_size
         self.submitted_at = submitted_at
@@ -66,8 +69,8 @@ class _TaskState:
         self.version = 0
         self.waiters: list[asyncio.Future[None]] | None = None
         self.poll_generation = 0
-        self.failures = 0
-        self.first_failure_at = 0.0
+        #: The retries of the current run of failed polls, if any.
+        self.backoff: Backoff | None = None
         self.first_progress: tuple[float, int] = (submitted_at, 0)
 
     def publish(self, snapshot: TaskSnapshot) -> None:
@@ -94,8 +97,13 @@ class _TaskState:
 
     async def changed(self, since: int) -> None:
         """Return once `version` has moved past *since*."""
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:
+            raise ClientStateError(
+                f"task {self.id} belongs to another event loop; await it where its client runs"
+            )
         while self.version == since:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             if self.waiters is None:
                 self.waiters = []
             self.waiters.append(waiter)
@@ -115,7 +123,7 @@ class Task:
 
     __slots__ = ("_state",)
 
-    def __init__(self, state: _TaskState) -> None:
+    def __init__(self, state: TaskState) -> None:
         self._state = state
 
     def __repr__(self) -> str:
@@ -150,14 +158,23 @@ class Task:
         """Whether the task is terminal (succeeded, failed, or given up on)."""
         return self._state.done
 
-    async def _state_done(self) -> None:
-        """Wait until the task is terminal, raising nothing."""
+    async def join(self) -> None:
+        """Wait until the task is terminal, without raising its outcome (see `result()`)."""
         state = self._state
         while not state.done:
             await state.changed(state.version)
 
-    def _outcome(self) -> TaskResult:
+    def result(self) -> TaskResult:
+        """Return the result of a terminal task, or raise why it has none.
+
+        Raises:
+            ClientStateError: the task is not terminal yet.
+            TaskFailedError: the task failed.
+            NanoBananaError: the task ended without a result (deadline, closed client, polls).
+        """
         state = self._state
+        if not state.done:
+            raise ClientStateError(f"task {state.id} is not done yet; await task.wait() instead")
         if state.error is not None:
             raise state.error
         snap = state.snapshot
@@ -187,12 +204,12 @@ class Task:
                     f"{state.snapshot.progress}%)",
                     task_id=state.id,
                 ) from None
-        return self._outcome()
+        return self.result()
 
     def __await__(self) -> Generator[Any, None, TaskResult]:
         return self.wait().__await__()
 
-    async def updates(self) -> AsyncIterator[TaskSnapshot]:
+    async def updates(self) -> AsyncGenerator[TaskSnapshot, None]:
         """Yield each new snapshot, ending after the terminal one.
 
         A failed task ends the iteration normally (its snapshot says so); a task that ended

@@ -8,12 +8,12 @@ import ssl as ssl_module
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import yarl
 
-from ._config import Timeouts
+from ._config import RequestKind, Timeouts
 from ._errors import ClientClosedError, TransportError
 
 logger = logging.getLogger("nanobanana_async")
@@ -36,9 +36,6 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-
-#: What a request is, for the gate: a paid create or a free, repeatable poll.
-RequestKind = Literal["create", "poll"]
 
 #: Connections kept for image downloads, beside the API's own.
 DOWNLOAD_CONNECTIONS = 4
@@ -94,6 +91,8 @@ class Transport:
         self._gate = gate
         self._closed = False
         self._urls: dict[str, yarl.URL] = {}
+        #: Whether the server ever answered a request (a wrong URL never does).
+        self.answered = False
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -171,6 +170,7 @@ class Transport:
                         body = body.replace(self._key_bytes, b"[redacted]")
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
+                    self.answered = True
             except NETWORK_ERRORS as exc:
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug(
@@ -193,7 +193,8 @@ class Transport:
 
     def network_error(self, exc: BaseException, what: str) -> TransportError:
         """Wrap a network failure as a `TransportError` whose text holds no secret."""
-        return TransportError(f"{what} failed: {self.redact(describe(exc))}")
+        where = "" if self.answered else f" (no answer yet from {self.base_url})"
+        return TransportError(f"{what} failed{where}: {self.redact(describe(exc))}")
 
     async def aclose(self) -> None:
         """Close the session if this transport made it; make no new one after."""

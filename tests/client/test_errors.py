@@ -174,10 +174,23 @@ async def test_a_poll_server_error_is_retried_transparently(emu: Emulator) -> No
     assert emu.faults.fired_total == 3
 
 
-async def test_server_error_on_create_503_after_retries(emu: Emulator) -> None:
-    """503 on every create (answered before processing) is retried, then raises ServerError."""
+async def test_a_503_on_create_is_uncertain_by_default(emu: Emulator) -> None:
+    """A 503 on a create may come after the charge: SubmitUncertainError, sent once, counted."""
     emu.faults.inject(Fault.status(503), endpoint="create")
     async with make_client(emu, retry=nb.RetryPolicy(attempts=2, sleep=False)) as client:
+        with pytest.raises(nb.SubmitUncertainError) as info:
+            await client.submit("a banana cat")
+        assert client.credits.reserved == 0
+        assert client.credits.charged == 15
+    assert isinstance(info.value.__cause__, nb.ServerError)
+    assert _creates(emu) == 1
+
+
+async def test_server_error_on_create_503_after_retries(emu: Emulator) -> None:
+    """With resend_on_503, a 503 on every create is re-sent, then raises ServerError."""
+    emu.faults.inject(Fault.status(503), endpoint="create")
+    policy = nb.RetryPolicy(attempts=2, sleep=False, resend_on_503=True)
+    async with make_client(emu, retry=policy) as client:
         with pytest.raises(nb.ServerError) as info:
             await client.submit("a banana cat")
         assert client.credits.reserved == 0

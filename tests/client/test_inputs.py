@@ -41,7 +41,14 @@ CASES: list[tuple[str, Callable[[Path], dict[str, Any]], str]] = [
     ("bad-model-name", lambda _: {"model": "nano banana!"}, "model"),
     ("empty-model-name", lambda _: {"model": ""}, "model"),
     ("bad-image-size", lambda _: {"image_size": "3K"}, "image_size"),
-    ("lowercase-image-size", lambda _: {"image_size": "1k"}, "image_size"),
+    ("lone-surrogate-prompt", lambda _: {"prompt": "a \ud800 cat"}, "prompt"),
+    ("model-with-newline", lambda _: {"model": "nano-banana\n"}, "model"),
+    ("ratio-with-newline", lambda _: {"aspect_ratio": "16:9\n"}, "aspect_ratio"),
+    ("nul-in-path", lambda p: {"images": [str(p / "a\0b.png")]}, "images[0]"),
+    ("nul-in-pathlike", lambda p: {"images": [p / "a\0b.png"]}, "images[0]"),
+    ("surrogate-in-url", lambda _: {"images": ["https://x.test/\udcff.png"]}, "images[0]"),
+    ("control-in-url", lambda _: {"images": ["https://x.test/a\x00.png"]}, "images[0]"),
+    ("size-not-text", lambda _: {"image_size": 1}, "image_size"),
     ("malformed-ratio", lambda _: {"aspect_ratio": "16x9"}, "aspect_ratio"),
     ("zero-ratio", lambda _: {"aspect_ratio": "0:1"}, "aspect_ratio"),
     (
@@ -183,3 +190,17 @@ async def test_bad_client_options_are_refused() -> None:
     with pytest.raises(nb.InvalidRequestError) as info:
         nb.Client("sk-test", base_url="ftp://example.com")
     assert info.value.field == "base_url"
+
+
+def test_a_lower_case_image_size_is_normalised() -> None:
+    """`1k` is read as 1K (as the command line and users type it), not refused."""
+    assert nb.GenerationRequest(prompt="x", image_size="2k").image_size == "2K"
+
+
+def test_a_file_name_that_cannot_be_encoded_is_replaced(tmp_path: Path) -> None:
+    """A path whose name holds an undecodable byte is sent under a safe name, not refused."""
+    path = tmp_path / "ref-\udcff.png"
+    path.write_bytes(make_png())
+    request = nb.GenerationRequest(prompt="x", images=[path])
+    (ref,) = request.wire_references()
+    assert getattr(ref, "filename", None) == "image.png"

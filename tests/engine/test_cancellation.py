@@ -57,7 +57,7 @@ class StoreLimiter(nb.BaseLimiter):
     async def pause(self, seconds: float) -> None:
         pass
 
-    async def ready(self) -> None:
+    async def ready(self, kind: nb.RequestKind = "create") -> None:
         pass
 
 
@@ -199,7 +199,7 @@ async def test_cancelling_a_submit_in_its_retry_backoff_frees_the_slot() -> None
     async with Emulator(speed=SPEED) as emu:
         emu.faults.inject(Fault.status(503), endpoint="create")
         events: list[nb.RetryEvent] = []
-        retry = nb.RetryPolicy(initial_backoff=5.0, jitter=False)
+        retry = nb.RetryPolicy(initial_backoff=5.0, jitter=False, resend_on_503=True)
         async with client_for(emu, retry=retry, max_credits=1000) as client:
             client.add_retry_listener(events.append)
             async with anyio.create_task_group() as group:
@@ -331,7 +331,9 @@ async def test_closing_the_client_with_polls_on_the_wire() -> None:
 async def test_cancelling_a_submit_at_any_point_frees_its_slot(fault: Fault | None) -> None:
     """A submit cancelled after any number of loop turns never leaks a slot or a reservation."""
     async with Emulator(speed=SPEED, credits=None) as emu:
-        async with client_for(emu, max_concurrency=2, max_credits=10_000) as client:
+        # A 503 is re-sent only by opt-in (by default it may have been charged).
+        retry = nb.RetryPolicy(sleep=False, resend_on_503=True)
+        async with client_for(emu, max_concurrency=2, max_credits=10_000, retry=retry) as client:
             for turns in range(16):
                 if fault is not None:
                     emu.faults.inject(fault, endpoint="create", times=1)

@@ -55,7 +55,7 @@ class CountingLimiter(nb.BaseLimiter):
     async def pause(self, seconds: float) -> None:
         await self.inner.pause(seconds)
 
-    async def ready(self) -> None:
+    async def ready(self, kind: nb.RequestKind = "create") -> None:
         await self.inner.ready()
 
 

@@ -23,7 +23,7 @@ async def test_every_retry_reaches_hooks_and_the_log(caplog: pytest.LogCaptureFi
         from_policy: list[nb.RetryEvent] = []
         first: list[nb.RetryEvent] = []
         second: list[nb.RetryEvent] = []
-        retry = nb.RetryPolicy(sleep=False, on_retry=from_policy.append)
+        retry = nb.RetryPolicy(sleep=False, resend_on_503=True, on_retry=from_policy.append)
         async with client_for(emu, retry=retry) as client:
             client.add_retry_listener(first.append)
             client.add_retry_listener(second.append)

@@ -52,7 +52,11 @@ class EngineMachine(RuleBasedStateMachine):
         self.limiter = nb.Limiter(max_concurrency=CAP)
         self.emu = Emulator(speed=SPEED, credits=None, failure_rate=0.1)
         self.run(self.emu.start())
-        self.client = client_for(self.emu, limiter=self.limiter)
+        self.client = client_for(
+            self.emu,
+            limiter=self.limiter,
+            retry=nb.RetryPolicy(sleep=False, resend_on_503=True),
+        )
 
     @initialize(drain=st.booleans())
     def choose_ending(self, drain: bool) -> None:

@@ -125,10 +125,10 @@ async def test_connection_refused_create_is_resent() -> None:
     ids=["429", "429-retry-after", "503"],
 )
 async def test_create_answered_before_processing_is_resent(fault: Fault, times: int) -> None:
-    """A 429 or 503 on create is retried and results in exactly one task."""
+    """A 429 (or, by opt-in, a 503) on create is re-sent and results in exactly one task."""
     async with Emulator(speed=SPEED) as emu:
         handle = emu.faults.inject(fault, endpoint="create", times=times)
-        async with client_for(emu) as client:
+        async with client_for(emu, retry=nb.RetryPolicy(sleep=False, resend_on_503=True)) as client:
             result = await client.generate("try again")
         assert handle.fired == times
         assert len(records(emu, "create")) == times + 1

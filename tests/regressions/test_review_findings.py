@@ -110,7 +110,7 @@ class BreakableLimiter(nb.Limiter):
 
     broken = False
 
-    async def ready(self) -> None:
+    async def ready(self, kind: nb.RequestKind = "create") -> None:
         if self.broken:
             raise RuntimeError("limiter store unreachable")
         await super().ready()
@@ -146,7 +146,7 @@ class StoreLimiter(nb.BaseLimiter):
     async def pause(self, seconds: float) -> None:
         pass
 
-    async def ready(self) -> None:
+    async def ready(self, kind: nb.RequestKind = "create") -> None:
         pass
 
 
@@ -266,7 +266,7 @@ async def test_aclose_during_queued_create_does_not_count_it_charged() -> None:
             await wait_for(lambda: any(r.fault == "hang" for r in records(emu, "result")))
             pending = asyncio.ensure_future(client.submit("b", model=FAST))
             # The create attempt starts as a background job, then queues for the slot.
-            await wait_for(lambda: bool(client._attempts))
+            await wait_for(lambda: bool(client._submitter._attempts))
             for _ in range(5):
                 await asyncio.sleep(0)
             assert not pending.done()

@@ -1,0 +1,622 @@
+"""The gallery: one static ``index.html`` beside a batch's images, rendered from its journal.
+
+The page is self-contained: inline CSS, no script, nothing fetched from anywhere, and a
+Content-Security-Policy that allows nothing but the images beside it. Every piece of text that
+came from a user or a server (prompts, reasons, task ids, file names) is escaped. The file is
+replaced atomically, so a browser never reads half a page; while the batch runs it reloads itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import math
+import os
+import secrets
+import struct
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import attrs
+
+from ._batch import JOURNAL_NAME
+from ._errors import InvalidRequestError
+from ._inputs import MODEL_COSTS
+
+#: The gallery's file name in the output folder.
+GALLERY_NAME = "index.html"
+#: Seconds between reloads of the page while its batch runs.
+DEFAULT_GALLERY_REFRESH = 5.0
+
+# How a journal state shows, by whether the batch still runs: (css class, label).
+_RUNNING_VIEW = {
+    "succeeded": ("done", "done"),
+    "failed": ("failed", "failed"),
+    "uncertain": ("uncertain", "uncertain"),
+    "submitting": ("running", "submitting"),
+    "running": ("running", "running"),
+    "unsent": ("unsent", "not sent"),
+}
+_FINAL_VIEW = {
+    **_RUNNING_VIEW,
+    # A create with no answer when the run ended may have been charged.
+    "submitting": ("uncertain", "uncertain"),
+    # A task still running (or whose download failed) when the run ended: a rerun attaches to it.
+    "running": ("running", "unfinished"),
+}
+_EXPLAIN = {
+    ("failed", "failed"): "the service failed this task; its credits were refunded",
+    ("submitting", "uncertain"): "the run stopped while its create was on its way",
+    ("running", "unfinished"): (
+        "the run ended before its images were saved; a rerun attaches to the task, never re-sends"
+    ),
+    ("unsent", "not sent"): "nothing was charged; a rerun sends it",
+}
+_UNCERTAIN_NOTE = "(may have been charged: re-sent only with --retry-uncertain)"
+# Read at most this much of an image to find its pixel size (JPEG headers can be long).
+_HEADER_BYTES = 64 * 1024
+
+
+@attrs.frozen(kw_only=True)
+class _Entry:
+    """The last journal record of one item."""
+
+    key: str
+    position: int
+    state: str
+    prompt: str = ""
+    model: str | None = None
+    aspect_ratio: str | None = None
+    image_size: str | None = None
+    task_id: str | None = None
+    cost: int | None = None
+    files: tuple[str, ...] = ()
+    error: str | None = None
+    time: float | None = None
+
+
+@attrs.frozen
+class _Image:
+    name: str
+    width: int | None
+    height: int | None
+    size: int
+
+
+def _text(data: dict[str, object], name: str) -> str | None:
+    value = data.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _entry(line: bytes) -> _Entry | None:
+    """Read one journal line, keeping what is readable; None if it names no item."""
+    try:
+        data = json.loads(line)
+    except ValueError:  # a torn or garbled line
+        return None
+    if not isinstance(data, dict):
+        return None
+    key, position, state = data.get("key"), data.get("position"), data.get("state")
+    if not isinstance(key, str) or not isinstance(state, str) or state not in _RUNNING_VIEW:
+        return None
+    if isinstance(position, bool) or not isinstance(position, int):
+        return None
+    files, cost, moment = data.get("files"), data.get("cost"), data.get("time")
+    return _Entry(
+        key=key,
+        position=position,
+        state=state,
+        prompt=_text(data, "prompt") or "",
+        model=_text(data, "model"),
+        aspect_ratio=_text(data, "aspect_ratio"),
+        image_size=_text(data, "image_size"),
+        task_id=_text(data, "task_id"),
+        cost=cost if isinstance(cost, int) and not isinstance(cost, bool) else None,
+        files=tuple(f for f in files if isinstance(f, str)) if isinstance(files, list) else (),
+        error=_text(data, "error"),
+        time=(
+            float(moment)
+            if isinstance(moment, (int, float))
+            and not isinstance(moment, bool)
+            and math.isfinite(moment)
+            else None
+        ),
+    )
+
+
+# --- image headers -----------------------------------------------------------------------------
+
+
+def _pixel_size(path: Path) -> tuple[int, int] | None:
+    """Return an image's (width, height) from its header (PNG, JPEG, GIF, WebP)."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(_HEADER_BYTES)
+    except OSError:
+        return None
+    try:
+        if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", head[16:24])
+            return width, height
+        if head[:6] in (b"GIF87a", b"GIF89a"):
+            width, height = struct.unpack("<HH", head[6:10])
+            return width, height
+        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+            return _webp_size(head)
+        if head[:2] == b"\xff\xd8":
+            return _jpeg_size(head)
+    except struct.error:  # a header cut short
+        return None
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    kind = head[12:16]
+    if kind == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L" and head[20:21] == b"\x2f":
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X":
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(head[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    at = 2
+    while at + 9 < len(head):
+        if head[at] != 0xFF:
+            return None
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            at += 2
+            continue
+        (length,) = struct.unpack(">H", head[at + 2 : at + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", head[at + 5 : at + 9])
+            return width, height
+        at += 2 + length
+    return None
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+_CSS = """
+:root{color-scheme:light dark;--bg:#f5f5f2;--card:#fff;--fg:#1c1c1a;--muted:#696963;
+--line:#e0e0da;--done:#1f7a3a;--failed:#b3261e;--uncertain:#9a5b00;--running:#1f5fa8;
+--unsent:#6b5ca5}
+@media (prefers-color-scheme:dark){:root{--bg:#151514;--card:#21211f;--fg:#ebebe6;
+--muted:#a2a29a;--line:#363632;--done:#5cc07a;--failed:#ff8a80;--uncertain:#f0b35a;
+--running:#7fb0f0;--unsent:#b7a8ff}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
+header{padding:18px 24px 14px;border-bottom:1px solid var(--line);background:var(--card)}
+h1{margin:0 0 8px;font-size:19px;font-weight:650}
+.stats{display:flex;flex-wrap:wrap;gap:6px 20px;margin:0;padding:0;list-style:none}
+.stats b{font-size:16px;font-variant-numeric:tabular-nums}
+.stats .done b{color:var(--done)}.stats .failed b{color:var(--failed)}
+.stats .uncertain b{color:var(--uncertain)}.stats .running b{color:var(--running)}
+.stats .unsent b{color:var(--unsent)}
+.when{margin:6px 0 0;color:var(--muted);font-size:12px}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:16px;
+padding:20px 24px 32px}
+.empty{color:var(--muted)}
+.card{display:flex;flex-direction:column;min-width:0;background:var(--card);
+border:1px solid var(--line);border-top:4px solid var(--c,var(--line));border-radius:10px;
+overflow:hidden}
+.card.done{--c:var(--done)}.card.failed{--c:var(--failed)}.card.uncertain{--c:var(--uncertain)}
+.card.running{--c:var(--running)}.card.unsent{--c:var(--unsent)}
+.thumbs{display:grid;grid-template-columns:repeat(var(--n,1),1fr);gap:2px;background:var(--line)}
+.thumbs a{display:block;min-width:0}
+.thumbs img{display:block;width:100%;height:auto;aspect-ratio:1;object-fit:cover;
+background:var(--line)}
+.slot{display:flex;align-items:center;justify-content:center;aspect-ratio:2;padding:12px;
+color:var(--c);background:var(--bg);font-weight:650;letter-spacing:.06em;text-transform:uppercase}
+.body{display:flex;flex-direction:column;gap:6px;padding:10px 12px 12px}
+.top{display:flex;justify-content:space-between;gap:8px;color:var(--muted);font-size:12px}
+.state{color:var(--c);font-weight:650;text-transform:uppercase;letter-spacing:.05em}
+.prompt{margin:0;white-space:pre-wrap;overflow-wrap:anywhere}
+.meta{display:flex;flex-wrap:wrap;gap:2px 12px;margin:0;color:var(--muted);font-size:12px}
+.reason{margin:0;padding:7px 9px;border-left:3px solid var(--c);background:var(--bg);
+border-radius:4px;white-space:pre-wrap;overflow-wrap:anywhere;font-size:13px}
+.task{font:11px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;color:var(--muted);
+overflow-wrap:anywhere}
+"""
+
+# Nothing but the images beside the page may load: no script, no network, no form.
+_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'none'"
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _clock(moment: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(moment))
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _bytes(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.0f} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def _estimate(model: str | None) -> int:
+    """What a create of *model* may have cost (the dearest known price for unknown models)."""
+    if model is not None and model in MODEL_COSTS:
+        return MODEL_COSTS[model]
+    return max(MODEL_COSTS.values())
+
+
+# A file's identity for the card cache: its name and, if it exists, its size and mtime.
+_FileToken = tuple[str, int, int] | tuple[str, None, None]
+
+
+def _file_tokens(out_dir: Path, files: tuple[str, ...]) -> tuple[_FileToken, ...]:
+    tokens: list[_FileToken] = []
+    for name in files:
+        try:
+            stat = (out_dir / name).stat()
+        except OSError:
+            tokens.append((name, None, None))
+        else:
+            tokens.append((name, stat.st_size, stat.st_mtime_ns))
+    return tuple(tokens)
+
+
+def _card(
+    entry: _Entry,
+    started: float | None,
+    files: tuple[_FileToken, ...],
+    out_dir: Path,
+    *,
+    running: bool,
+    now: float,
+) -> str:
+    css, label = (_RUNNING_VIEW if running else _FINAL_VIEW)[entry.state]
+    parts = [f'<article class="card {css}" id="item-{entry.position}" data-state="{css}">']
+    shown: list[_Image] = []
+    missing: list[str] = []
+    if entry.state == "succeeded":
+        for name, size, _ in files:
+            if size is None:
+                missing.append(name)
+                continue
+            pixels = _pixel_size(out_dir / name)
+            width, height = pixels if pixels is not None else (None, None)
+            shown.append(_Image(name, width, height, size))
+    if shown:
+        alt = _e(entry.prompt)
+        parts.append(f'<div class="thumbs" style="--n:{min(len(shown), 2)}">')
+        for image in shown:
+            src = _e(quote(image.name))
+            box = (
+                f' width="{image.width}" height="{image.height}"'
+                if image.width and image.height
+                else ""
+            )
+            parts.append(
+                f'<a href="{src}"><img src="{src}" alt="{alt}" loading="lazy" '
+                f'decoding="async"{box}></a>'
+            )
+        parts.append("</div>")
+    else:
+        word = "missing" if entry.state == "succeeded" else label
+        parts.append(f'<div class="slot">{_e(word)}</div>')
+    parts.append('<div class="body"><div class="top">')
+    parts.append(f'<span class="state">{_e(label)}</span><span>#{entry.position}</span></div>')
+    parts.append(f'<p class="prompt">{_e(entry.prompt)}</p>')
+
+    meta = []
+    if entry.model:
+        meta.append(f'<span class="model">{_e(entry.model)}</span>')
+    sizes = [text for text in (entry.aspect_ratio, entry.image_size) if text]
+    sizes += [f"{i.width}\u00d7{i.height}" for i in shown if i.width and i.height]
+    if sizes:
+        meta.append(f'<span class="size">{_e(" · ".join(sizes))}</span>')
+    if shown:
+        meta.append(f'<span class="bytes">{_bytes(sum(i.size for i in shown))}</span>')
+    credits = _credits_text(entry, css)
+    if credits:
+        meta.append(f'<span class="credits">{_e(credits)}</span>')
+    if started is not None and entry.time is not None:
+        end = now if css == "running" and running else entry.time
+        meta.append(f'<span class="took">{_duration(max(0.0, end - started))}</span>')
+    if meta:
+        parts.append(f'<p class="meta">{"".join(meta)}</p>')
+
+    reasons = []
+    if missing:
+        reasons.append("image file missing: " + ", ".join(missing))
+    if entry.error:
+        reasons.append(entry.error)
+    elif (entry.state, label) in _EXPLAIN:
+        reasons.append(_EXPLAIN[entry.state, label])
+    if css == "uncertain":
+        reasons.append(_UNCERTAIN_NOTE)
+    if reasons:
+        parts.append(f'<p class="reason">{_e(chr(10).join(reasons))}</p>')
+    if entry.task_id:
+        parts.append(f'<span class="task">task {_e(entry.task_id)}</span>')
+    parts.append("</div></article>")
+    return "".join(parts)
+
+
+def _credits_text(entry: _Entry, css: str) -> str | None:
+    if css == "failed":
+        return "refunded" if entry.state == "failed" else None
+    if css == "unsent":
+        return "0 credits"
+    if css == "uncertain":
+        cost = entry.cost if entry.cost is not None else _estimate(entry.model)
+        return f"up to {cost} credits"
+    if entry.cost is None:
+        return None
+    return f"{entry.cost} credit" + ("" if entry.cost == 1 else "s")
+
+
+def _charged(entry: _Entry) -> tuple[int, int]:
+    """(credits certainly charged, credits maybe charged) for one item, as the journal says."""
+    if entry.state in ("running", "succeeded"):
+        return entry.cost or 0, 0
+    if entry.state in ("submitting", "uncertain"):
+        return 0, entry.cost if entry.cost is not None else _estimate(entry.model)
+    return 0, 0
+
+
+def _header(
+    entries: list[_Entry],
+    first: float | None,
+    last: float | None,
+    *,
+    title: str,
+    running: bool,
+    refresh: float,
+    now: float,
+) -> str:
+    counts = dict.fromkeys(("done", "failed", "uncertain", "running", "unsent"), 0)
+    view = _RUNNING_VIEW if running else _FINAL_VIEW
+    charged = maybe = 0
+    for entry in entries:
+        counts[view[entry.state][0]] += 1
+        sure, unsure = _charged(entry)
+        charged += sure
+        maybe += unsure
+    stats = [
+        f'<li class="done"><b>{counts["done"]}</b> done</li>',
+        f'<li class="failed"><b>{counts["failed"]}</b> failed</li>',
+        f'<li class="uncertain"><b>{counts["uncertain"]}</b> uncertain</li>',
+    ]
+    if counts["running"]:
+        word = "running" if running else "unfinished"
+        stats.append(f'<li class="running"><b>{counts["running"]}</b> {word}</li>')
+    if counts["unsent"]:
+        stats.append(f'<li class="unsent"><b>{counts["unsent"]}</b> not sent</li>')
+    note = f" + up to {maybe} uncertain" if maybe else ""
+    stats.append(f'<li class="credits"><b>{charged}</b> credits{note}</li>')
+    when = f"{len(entries)} item" + ("" if len(entries) == 1 else "s")
+    if first is not None and last is not None:
+        end = now if running else last
+        stats.append(f'<li class="time"><b>{_duration(max(0.0, end - first))}</b> elapsed</li>')
+        when += f" · started {_clock(first)}"
+        if not running:
+            when += f" · last change {_clock(last)}"
+    if running:
+        when += f" · running, updated {_clock(now)}, reloads every {refresh:g} s"
+
+    head = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="referrer" content="no-referrer">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+    ]
+    if running:
+        head.append(f'<meta http-equiv="refresh" content="{max(1, math.ceil(refresh))}">')
+    head += [
+        f"<title>{_e(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head><body>",
+        f'<header><h1>{_e(title)}</h1><ul class="stats">{"".join(stats)}</ul>',
+        f'<p class="when">{_e(when)}</p></header>',
+        "<main>",
+    ]
+    if not entries:
+        head.append('<p class="empty">No items yet.</p>')
+    return "\n".join(head)
+
+
+# --- the public surface ------------------------------------------------------------------------
+
+
+class Gallery:
+    """A batch's gallery page (``out_dir/index.html``), kept up to date cheaply while it runs.
+
+    Each `write` reads only the journal lines added since the last one and renders again only
+    the cards whose record or image files changed, so it can be called after every finished item
+    of a large batch. One-off pages: `write_gallery`. Safe to use from several threads.
+
+    Args:
+        out_dir: The batch's output folder (image paths in the page are relative to it).
+        journal: The batch's journal; default ``out_dir/journal.jsonl``.
+        refresh: Seconds between reloads of the page while the batch runs.
+        title: The page's heading; default the folder's name.
+
+    Raises:
+        InvalidRequestError: If *refresh* is not a positive number.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        journal: str | os.PathLike[str] | None = None,
+        *,
+        refresh: float = DEFAULT_GALLERY_REFRESH,
+        title: str | None = None,
+    ) -> None:
+        if not (math.isfinite(refresh) and refresh > 0):
+            raise InvalidRequestError("refresh", f"must be a positive number of seconds: {refresh}")
+        self._out_dir = Path(out_dir)
+        self._journal = Path(journal) if journal is not None else self._out_dir / JOURNAL_NAME
+        self._refresh = refresh
+        self._title = title
+        self._lock = threading.Lock()
+        self._file: tuple[int, int] | None = None
+        self._offset = 0
+        self._entries: dict[str, _Entry] = {}
+        self._started: dict[str, float] = {}
+        self._cards: dict[str, tuple[tuple[object, ...], str]] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"nanobanana_async.Gallery(out_dir={str(self._out_dir)!r}, "
+            f"journal={str(self._journal)!r})"
+        )
+
+    @property
+    def path(self) -> Path:
+        """Where the page is written: ``out_dir/index.html``."""
+        return self._out_dir / GALLERY_NAME
+
+    @property
+    def journal(self) -> Path:
+        """The journal the page is rendered from."""
+        return self._journal
+
+    def write(self, *, running: bool = False) -> Path:
+        """Render the page from the journal and replace the old one atomically; return its path.
+
+        Args:
+            running: Whether the batch still runs: the page then reloads itself, and items in
+                flight show as running rather than as unfinished or uncertain.
+
+        Raises:
+            InvalidRequestError: If the journal does not exist.
+            OSError: If the page cannot be written.
+        """
+        with self._lock:
+            self._read()
+            page = self._render(running=running, now=time.time())
+            target = self.path
+            # A name of its own, so that writers in other processes never share a temporary file.
+            temporary = self._out_dir / f".{GALLERY_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+            try:
+                with temporary.open("x", encoding="utf-8", newline="\n") as stream:
+                    stream.write(page)
+                os.replace(temporary, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            return target
+
+    def _read(self) -> None:
+        """Read the journal's complete lines added since the last call (all of it if replaced)."""
+        try:
+            stream = self._journal.open("rb")
+        except FileNotFoundError:
+            raise InvalidRequestError("journal", f"{self._journal} does not exist") from None
+        with stream:
+            stat = os.fstat(stream.fileno())
+            if (stat.st_dev, stat.st_ino) != self._file or stat.st_size < self._offset:
+                self._file = (stat.st_dev, stat.st_ino)
+                self._offset = 0
+                self._entries.clear()
+                self._started.clear()
+            stream.seek(self._offset)
+            data = stream.read()
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += end
+        for line in data[:end].splitlines():
+            entry = _entry(line)
+            if entry is None:
+                continue
+            self._entries[entry.key] = entry
+            if entry.key not in self._started and entry.time is not None:
+                self._started[entry.key] = entry.time
+
+    def _render(self, *, running: bool, now: float) -> str:
+        entries = sorted(
+            self._entries.values(),
+            key=lambda e: (e.position, self._started.get(e.key, 0.0), e.key),
+        )
+        cards = []
+        for entry in entries:
+            started = self._started.get(entry.key)
+            files = _file_tokens(self._out_dir, entry.files) if entry.state == "succeeded" else ()
+            live = running and _RUNNING_VIEW[entry.state][0] == "running"
+            signature = (entry, started, files, running)
+            cached = self._cards.get(entry.key)
+            if cached is not None and cached[0] == signature and not live:
+                cards.append(cached[1])
+                continue
+            card = _card(entry, started, files, self._out_dir, running=running, now=now)
+            self._cards[entry.key] = (signature, card)
+            cards.append(card)
+        times = [e.time for e in entries if e.time is not None]
+        times += self._started.values()
+        title = self._title
+        if title is None:
+            title = f"nanobanana batch: {self._out_dir.resolve().name}"
+        head = _header(
+            entries,
+            min(times) if times else None,
+            max(times) if times else None,
+            title=title,
+            running=running,
+            refresh=self._refresh,
+            now=now,
+        )
+        return "\n".join([head, *cards, "</main>", "</body></html>", ""])
+
+
+def write_gallery(
+    out_dir: str | os.PathLike[str],
+    journal: str | os.PathLike[str] | None = None,
+    *,
+    running: bool = False,
+    refresh: float = DEFAULT_GALLERY_REFRESH,
+    title: str | None = None,
+) -> Path:
+    """Render the batch in *out_dir* as ``out_dir/index.html`` from its journal; return its path.
+
+    The page shows every journaled item in input order (images as lazily loaded thumbnails, failed
+    and uncertain items with their reason) under a summary of counts, credits and time. It is
+    written to a temporary file and moved into place, so it can be opened while the batch runs.
+    To keep a page up to date during a run, hold a `Gallery` instead (it reads only what changed).
+
+    Args:
+        out_dir: The batch's output folder (image paths in the page are relative to it).
+        journal: The batch's journal; default ``out_dir/journal.jsonl``.
+        running: Whether the batch still runs: the page then reloads itself every *refresh*
+            seconds, and items in flight show as running rather than unfinished or uncertain.
+        refresh: Seconds between reloads while running.
+        title: The page's heading; default the folder's name.
+
+    Raises:
+        InvalidRequestError: If the journal does not exist or *refresh* is not positive.
+        OSError: If the page cannot be written.
+    """
+    return Gallery(out_dir, journal, refresh=refresh, title=title).write(running=running)
