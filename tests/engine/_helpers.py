@@ -136,7 +136,8 @@ class Hold:
 
     def _answer(self, response: web.StreamResponse, request: web.Request) -> web.StreamResponse:
         if (
-            request.path != RESULT_PATH
+            not self._holding
+            or request.path != RESULT_PATH
             or response.status != 200
             or not isinstance(response, web.Response)
             or not isinstance(response.body, bytes)
