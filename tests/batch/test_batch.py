@@ -236,9 +236,15 @@ async def test_unreadable_items_fail_at_their_position_and_the_rest_runs(tmp_pat
 
 async def test_events_can_be_iterated_and_the_summary_is_kept(tmp_path: Path) -> None:
     """Batch.events() yields progress and one outcome per item, then sets Batch.summary."""
-    async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
+    # Each task is held running until its first progress event is out: a busy machine cannot
+    # let a task end before the batch has seen it running.
+    async with held_emulator() as (emu, hold), fast_client(emu) as client:
         batch = nb.Batch(client, ["a", "b"], tmp_path)
-        events = [event async for event in batch.events()]
+        events: list[nb.BatchEvent] = []
+        async for event in batch.events():
+            events.append(event)
+            if event.kind is K.PROGRESS and event.task_id is not None:
+                hold.release(event.task_id)
     assert batch.summary is not None
     assert batch.summary.ok
     assert {event.kind for event in events} >= {K.SUBMITTED, K.PROGRESS, K.SUCCEEDED}
