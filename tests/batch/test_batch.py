@@ -255,13 +255,23 @@ async def test_events_can_be_iterated_and_the_summary_is_kept(tmp_path: Path) ->
 
 async def test_retries_and_rate_limits_are_reported_as_events(tmp_path: Path) -> None:
     """Poll retries become 'retrying' events and 429s 'rate_limited' ones, with the position."""
-    async with Emulator(speed=1000, image_downscale=8) as emu:
-        emu.faults.inject(Fault.rate_limit(retry_after=0), endpoint="result", times=1)
-        emu.faults.inject(Fault.status(503), endpoint="result", times=1)
+    # The faults go in once the batch follows its task (its first progress event), and the task
+    # is held running until the retries are over: which polls fail does not depend on timing.
+    async with held_emulator() as (emu, hold):
         async with fast_client(emu) as client:
             events: list[nb.BatchEvent] = []
-            summary = await nb.run_batch(client, ["patience"], tmp_path, on_event=events.append)
+
+            def on_event(event: nb.BatchEvent) -> None:
+                if event.kind is K.PROGRESS and not any(e.kind is K.PROGRESS for e in events):
+                    emu.faults.inject(Fault.rate_limit(retry_after=0), endpoint="result", times=1)
+                    emu.faults.inject(Fault.status(503), endpoint="result", times=1)
+                if event.kind is K.RETRYING:
+                    hold.release()
+                events.append(event)
+
+            summary = await nb.run_batch(client, ["patience"], tmp_path, on_event=on_event)
     assert summary.ok
+    assert emu.faults.fired_total == 2
     kinds = [event.kind for event in events if event.kind in (K.RETRYING, K.RATE_LIMITED)]
     assert kinds == [K.RATE_LIMITED, K.RETRYING]
     retries = [event for event in events if event.kind in (K.RETRYING, K.RATE_LIMITED)]
