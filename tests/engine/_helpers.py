@@ -53,7 +53,11 @@ def established_to(port: int) -> int:
     with open("/proc/net/tcp") as table:
         next(table)
         rows = [line.split() for line in table]
-    return sum(1 for row in rows if int(row[2].rsplit(":", 1)[1], 16) == port and row[3] == "01")
+    # Distinct local ends: the kernel writes the table in pages, so a read racing other sockets
+    # (a busy machine) can list one connection twice.
+    return len(
+        {row[1] for row in rows if int(row[2].rsplit(":", 1)[1], 16) == port and row[3] == "01"}
+    )
 
 
 def records(emu: Emulator, endpoint: str) -> list[RequestRecord]:
