@@ -2,7 +2,8 @@
 
 Usage (from the repository root): ``python -m benchmarks [--quick] [--only overhead,scale]``.
 Results go to ``benchmarks/results/<date>.json`` and ``latest.json`` (``<date>-quick.json`` and
-``latest-quick.json`` with ``--quick``), and a README-ready table to ``<date>[-quick].md``.
+``latest-quick.json`` with ``--quick``), and a README-ready table to ``<date>[-quick].md``. A full
+run also redraws the charts in ``docs/img/benchmarks/`` (``benchmarks.plots``, needs matplotlib).
 """
 
 from __future__ import annotations
@@ -88,7 +89,22 @@ def main(argv: list[str] | None = None) -> int:
         (RESULTS / latest).write_text(text)
         (RESULTS / f"{stem}.md").write_text(markdown(document))
         print(f"\nSaved benchmarks/results/{stem}.json, {latest} and {stem}.md")
+        if not args.quick:
+            draw_charts(document)
     return 0
+
+
+def draw_charts(document: dict[str, Any]) -> None:
+    """Redraw the charts of a full run, or say how to get them without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401 - only probing for the bench extra
+    except ImportError:
+        print("No charts: pip install -e '.[bench]', then python -m benchmarks.plots")
+        return
+    from . import plots
+
+    for path in plots.draw(document, plots.DEFAULT_OUT):
+        print(f"Drew {path.relative_to(plots.ROOT)}")
 
 
 def markdown(document: dict[str, Any]) -> str:

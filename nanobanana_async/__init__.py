@@ -11,20 +11,13 @@ async with nb.Client() as client:
 
 from __future__ import annotations
 
-from ._batch import (
-    Batch,
-    BatchEvent,
-    BatchEventKind,
-    BatchItem,
-    BatchItemStatus,
-    BatchSummary,
-    run_batch,
-)
+from ._batch import Batch, run_batch
 from ._client import Client
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DOWNLOAD_TIMEOUT,
     DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_REPLY_BYTES,
     DEFAULT_POLL_JITTER,
     DEFAULT_POLL_MAX_INTERVAL,
     DEFAULT_POLL_MIN_INTERVAL,
@@ -48,6 +41,7 @@ from ._errors import (
     BudgetExceededError,
     ClientClosedError,
     ClientStateError,
+    DownloadError,
     InsufficientCreditsError,
     InvalidRequestError,
     LimiterUnavailableError,
@@ -64,6 +58,7 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
 )
+from ._events import BatchEvent, BatchEventKind, BatchItem, BatchItemStatus, BatchSummary
 from ._gallery import DEFAULT_GALLERY_REFRESH, GALLERY_NAME, Gallery, write_gallery
 from ._inputs import MODEL_COSTS
 from ._limiter import BaseLimiter, Lease, Limiter
@@ -78,6 +73,7 @@ from ._models import (
     TaskSnapshot,
     TaskStatus,
 )
+from ._redis import RedisLimiter
 from ._submitter import SubmitHooks
 from ._task import Task
 from ._version import __version__
@@ -103,6 +99,7 @@ __all__ = [
     "DEFAULT_DOWNLOAD_TIMEOUT",
     "DEFAULT_GALLERY_REFRESH",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "DEFAULT_MAX_REPLY_BYTES",
     "DEFAULT_POLL_JITTER",
     "DEFAULT_POLL_MAX_INTERVAL",
     "DEFAULT_POLL_MIN_INTERVAL",
@@ -112,6 +109,7 @@ __all__ = [
     "DEFAULT_RETRY_INITIAL_BACKOFF",
     "DEFAULT_RETRY_MAX_BACKOFF",
     "DEFAULT_TASK_TIMEOUT",
+    "DownloadError",
     "Gallery",
     "GALLERY_NAME",
     "GeneratedImage",
@@ -131,6 +129,7 @@ __all__ = [
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
+    "RedisLimiter",
     "RequestKind",
     "RetryEvent",
     "RetryPolicy",

@@ -1,16 +1,7 @@
 """Batch runs: fan-out jobs that save their images and survive crashes through a journal.
 
-The journal is a JSONL file, one record per line, each written whole and fsynced before the batch
-goes on. A record names the item by its key (a hash of its position and request) and holds its
-state:
-
-- ``submitting``: a create is about to leave; if nothing follows, it may have been charged.
-- ``running``: the create answered; the task id is known.
-- ``succeeded``: the images are saved (file names relative to the output folder).
-- ``failed``: the service said the task failed (and refunded it).
-- ``uncertain``: the create may have been charged but its answer was lost.
-- ``unsent``: nothing was charged (refused, budget, network): a rerun sends it.
-
+The runner reads its input lazily, submits through `Client.submit` with hooks that journal each
+step (see `_journal`), follows every task, saves its images and reports events (see `_events`).
 Running again with the same journal skips finished items, attaches running tasks by id (never
 resubmitting them) and reports uncertain ones, which are sent again only on request.
 """
@@ -19,21 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import functools
 import hashlib
-import json
 import logging
 import os
 import re
+import sys
 import time
 import unicodedata
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Union
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
+
+if sys.version_info < (3, 11):  # pragma: no cover - anyio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup
 
 from ._client import Client
 from ._config import RetryEvent
@@ -44,20 +38,38 @@ from ._errors import (
     ClientStateError,
     InsufficientCreditsError,
     InvalidRequestError,
+    LimiterUnavailableError,
     NanoBananaError,
     PermissionDeniedError,
     ProtocolError,
-    RateLimitError,
     SubmitAbandonedError,
     SubmitUncertainError,
     TaskFailedError,
 )
+from ._events import (
+    BatchEvent,
+    BatchEventKind,
+    BatchItem,
+    BatchItemStatus,
+    BatchSummary,
+    follow,
+    prompt_excerpt,
+    retry_event,
+)
 from ._fanout import iterate
-from ._inputs import MODEL_COSTS
-from ._models import GenerationRequest, ImageInput, TaskResult
+from ._gallery import Gallery
+from ._journal import (
+    JOURNAL_NAME,
+    ItemKeys,
+    Journal,
+    JournalRecord,
+    decide,
+    estimate_cost,
+    lookup,
+)
+from ._models import GenerationRequest, TaskResult
 from ._submitter import SubmitHooks
 from ._task import Task
-from ._wire import structure, unstructure
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -67,183 +79,49 @@ BatchInput = Union[GenerationRequest, str, InvalidRequestError]
 #: What a batch accepts: a plain or an async iterable, read lazily.
 BatchRequests = Union[Iterable[BatchInput], AsyncIterable[BatchInput]]
 
+#: Seconds between two rewrites of the gallery page while a batch runs.
+GALLERY_INTERVAL = 1.0
+#: Events that do not change the gallery.
+_QUIET_EVENTS = frozenset(
+    {BatchEventKind.PROGRESS, BatchEventKind.RETRYING, BatchEventKind.RATE_LIMITED}
+)
+
 #: Generations in flight when neither the batch nor the client's limiter says.
 DEFAULT_BATCH_CONCURRENCY = 8
 #: Downloads at once.
 DEFAULT_MAX_DOWNLOADS = 4
-#: The journal's file name in the output folder, unless another path is given.
-JOURNAL_NAME = "journal.jsonl"
 #: Characters of the prompt kept in file names.
 SLUG_LENGTH = 40
-#: Characters of the prompt kept in journal records and events.
-_PROMPT_EXCERPT = 200
-
-_STATES = frozenset({"submitting", "running", "succeeded", "failed", "uncertain", "unsent"})
 #: Refusals that every further create would meet too: stop submitting, skip the rest.
 _STOP_ERRORS: tuple[type[NanoBananaError], ...] = (
     BudgetExceededError,
     AuthenticationError,
     PermissionDeniedError,
     InsufficientCreditsError,
+    LimiterUnavailableError,
 )
 
 
-class BatchEventKind(str, enum.Enum):
-    """What a `BatchEvent` reports.
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """Return the first error of a task group's group, preferring ours to cancellations."""
+    leaves: list[BaseException] = []
 
-    Every item read gets exactly one of SUCCEEDED, FAILED, UNCERTAIN or SKIPPED, unless the batch
-    is stopped first.
-    """
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
 
-    SUBMITTED = "submitted"
-    RESUMED = "resumed"
-    PROGRESS = "progress"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    UNCERTAIN = "uncertain"
-    SKIPPED = "skipped"
-    RETRYING = "retrying"
-    RATE_LIMITED = "rate_limited"
-
-    def __str__(self) -> str:
-        return self.value
+    walk(group)
+    for wanted in (NanoBananaError, Exception):
+        for leaf in leaves:
+            if isinstance(leaf, wanted):
+                return leaf
+    return leaves[0]
 
 
-class BatchItemStatus(str, enum.Enum):
-    """Where one item of a batch ended.
-
-    SKIPPED items were not sent (budget or credits ran out); RUNNING items were stopped while
-    their task ran and PENDING ones before they were sent: a rerun picks all three up.
-    """
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    UNCERTAIN = "uncertain"
-    SKIPPED = "skipped"
-    RUNNING = "running"
-    PENDING = "pending"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@attrs.frozen(kw_only=True)
-class BatchEvent:
-    """Something that happened in a batch, for progress displays.
-
-    `position` is the item's index in the input (None for a retry of a create, which cannot be
-    told apart); `earlier` marks outcomes read from the journal of an earlier run.
-    """
-
-    kind: BatchEventKind
-    position: int | None = None
-    key: str | None = None
-    prompt: str | None = None
-    task_id: str | None = None
-    progress: int | None = None
-    cost: int | None = None
-    paths: tuple[Path, ...] = ()
-    message: str | None = None
-    wait: float | None = None
-    earlier: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class BatchItem:
-    """How one item of a batch ended; `cost` is in credits (an estimate for uncertain items)."""
-
-    position: int
-    key: str
-    prompt: str
-    status: BatchItemStatus
-    task_id: str | None = None
-    cost: int | None = None
-    paths: tuple[Path, ...] = ()
-    error: str | None = None
-    earlier: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class BatchSummary:
-    """The outcome of a batch run: every item read, in input order, and the totals.
-
-    `credits_spent` is what this run spent as the client counts it (uncertain creates count as
-    charged); `credits_total` what the batch's items cost in all runs (refunds excluded).
-    """
-
-    items: tuple[BatchItem, ...]
-    succeeded: int
-    failed: int
-    uncertain: int
-    skipped: int
-    running: int
-    pending: int
-    credits_spent: int
-    credits_total: int
-    elapsed: float
-    interrupted: bool
-    out_dir: Path
-    journal: Path
-
-    @property
-    def total(self) -> int:
-        """How many items were read."""
-        return len(self.items)
-
-    @property
-    def ok(self) -> bool:
-        """Whether every item read has its images and the run was not stopped."""
-        return self.succeeded == self.total and not self.interrupted
-
-
-@attrs.frozen(kw_only=True)
-class _Record:
-    """One journal line. Never holds a secret."""
-
-    key: str
-    position: int
-    state: str
-    prompt: str = ""
-    model: str | None = None
-    task_id: str | None = None
-    cost: int | None = None
-    files: tuple[str, ...] = ()
-    error: str | None = None
-    time: float = 0.0
-
-
-# --- keys and names ----------------------------------------------------------------------------
-
-
-def _reference_text(image: ImageInput) -> str:
-    if isinstance(image, str):
-        return image
-    if isinstance(image, os.PathLike):
-        return os.fspath(image)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return "sha256:" + hashlib.sha256(bytes(image)).hexdigest()
-    name = getattr(image, "name", None)
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        if image.seekable():
-            start = image.tell()
-            digest = hashlib.sha256(image.read()).hexdigest()
-            image.seek(start)
-            return "sha256:" + digest
-    return f"file:{name}" if isinstance(name, str) else "stream"
-
-
-def request_key(position: int, request: GenerationRequest) -> str:
-    """Return the item's journal key: sha256 over the canonical JSON of position and request."""
-    canonical = {
-        "position": position,
-        "prompt": request.prompt,
-        "model": request.model,
-        "aspect_ratio": request.aspect_ratio,
-        "image_size": request.image_size,
-        "images": [_reference_text(image) for image in request.images],
-    }
-    text = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+# --- file names -------------------------------------------------------------------------------
 
 
 def slugify(text: str, limit: int = SLUG_LENGTH) -> str:
@@ -261,186 +139,6 @@ def slugify(text: str, limit: int = SLUG_LENGTH) -> str:
 def image_stem(position: int, prompt: str, n: int) -> str:
     """Return the stable file name (without suffix) of image *n* of the item at *position*."""
     return f"{position:05d}-{slugify(prompt)}-{n}"
-
-
-def _excerpt(prompt: str) -> str:
-    return prompt if len(prompt) <= _PROMPT_EXCERPT else prompt[: _PROMPT_EXCERPT - 1] + "…"
-
-
-def _estimate(model: str | None) -> int:
-    """What a create of *model* may have cost (the dearest known cost for unknown models)."""
-    if model is not None and model in MODEL_COSTS:
-        return MODEL_COSTS[model]
-    return max(MODEL_COSTS.values())
-
-
-# --- the journal -------------------------------------------------------------------------------
-
-
-def _parse(line: bytes) -> _Record | None:
-    try:
-        data = json.loads(line)
-        record: _Record = structure(data, _Record)
-    except Exception:  # any unreadable line is skipped, whatever broke it
-        return None
-    return record if record.state in _STATES else None
-
-
-def read_journal(path: str | os.PathLike[str]) -> dict[str, _Record]:
-    """Return the last record of each key in the journal at *path* (empty if it is missing).
-
-    Unreadable lines (a line torn by a crash) are skipped.
-    """
-    index: dict[str, _Record] = {}
-    with contextlib.suppress(FileNotFoundError), Path(path).open("rb") as stream:
-        for line in stream:
-            record = _parse(line)
-            if record is not None:
-                index[record.key] = record
-    return index
-
-
-def journal_credits(path: str | os.PathLike[str]) -> int:
-    """Return the credits the journal at *path* records as spent (refunds excluded).
-
-    Creates whose answer was lost count at their model's price: they may have been charged.
-    """
-    total = 0
-    for record in read_journal(path).values():
-        if record.state in ("running", "succeeded"):
-            total += record.cost or 0
-        elif record.state in ("submitting", "uncertain"):
-            total += record.cost if record.cost is not None else _estimate(record.model)
-    return total
-
-
-class _Journal:
-    """The append-only journal: every record is written whole and fsynced, one at a time."""
-
-    def __init__(self, path: Path, fd: int, index: dict[str, _Record]) -> None:
-        self.path = path
-        self.index = index
-        self._fd: int | None = fd
-        self._lock = anyio.Lock()
-
-    @classmethod
-    def open(cls, path: Path) -> _Journal:
-        """Open the journal for appending, locked, and read it (dropping a torn last line)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        created = not path.exists()
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_BINARY", 0)
-        fd = os.open(path, flags, 0o644)
-        try:
-            _lock(fd, path)
-            good = 0
-            with path.open("rb") as stream:
-                for line in stream:
-                    if not line.endswith(b"\n"):
-                        break
-                    good += len(line)
-            if good != os.fstat(fd).st_size:
-                # A crash tore the last line: nothing after it was written, so cut it off.
-                os.ftruncate(fd, good)
-            if created:
-                _fsync_dir(path.parent)
-            return cls(path, fd, read_journal(path))
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def _write(self, data: bytes) -> None:
-        # A create that answers after the batch stopped still records its task id: reopen.
-        fd = self._fd if self._fd is not None else os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            if fd != self._fd:
-                os.close(fd)
-
-    async def write(self, record: _Record) -> None:
-        """Append *record* and fsync it; a cancellation waits until it is on disk."""
-        # Empty fields are left out: the lines stay short and read back to the same record.
-        data = {k: v for k, v in unstructure(record).items() if v is not None and v != []}
-        line = json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
-        with anyio.CancelScope(shield=True):
-            async with self._lock:
-                await anyio.to_thread.run_sync(self._write, line.encode())
-        self.index[record.key] = record
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
-def _lock(fd: int, path: Path) -> None:
-    """Lock the journal for this process (where the platform can); the kernel frees it on exit."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: one batch per journal is up to the user
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise InvalidRequestError(
-            "journal", f"{path} is in use by another running batch; use one journal per batch"
-        ) from None
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes a new file's name durable too; not possible on every platform.
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def retry_event(event: RetryEvent, position: int | None = None) -> BatchEvent:
-    """Return the batch event for a client's retry: `rate_limited` for a 429, else `retrying`."""
-    kind = (
-        BatchEventKind.RATE_LIMITED
-        if isinstance(event.cause, RateLimitError)
-        else BatchEventKind.RETRYING
-    )
-    return BatchEvent(
-        kind=kind,
-        position=position,
-        task_id=event.task_id,
-        wait=event.wait,
-        message=f"{event.endpoint}: {event.cause}",
-    )
-
-
-async def follow(
-    task: Task,
-    emit: Callable[[BatchEvent], None],
-    *,
-    position: int | None = None,
-    key: str | None = None,
-    prompt: str | None = None,
-) -> TaskResult:
-    """Emit a `progress` event at each change of the task's progress; return its result."""
-    shown = -1
-    async for snapshot in task.updates():
-        if snapshot.is_terminal or snapshot.progress == shown:
-            continue
-        shown = snapshot.progress
-        emit(
-            BatchEvent(
-                kind=BatchEventKind.PROGRESS,
-                position=position,
-                key=key,
-                prompt=None if prompt is None else _excerpt(prompt),
-                task_id=task.id,
-                progress=shown,
-            )
-        )
-    return await task.wait()
 
 
 class _Slot:
@@ -477,9 +175,8 @@ class Batch:
     task succeeds. Running a batch again with the same journal resumes it (see the module doc).
 
     Args:
-        client: The client to submit with. Give it `max_concurrency` at least *concurrency*: the
-            journal marks a create as leaving just before `submit`, so a create queued inside the
-            client's limiter when the process dies is reported uncertain on the next run.
+        client: The client to submit with. The journal marks a create as leaving right before its
+            body leaves (after the limiter's waits), through `SubmitHooks`.
         requests: `GenerationRequest`s or prompts (read lazily; an `InvalidRequestError` in their
             place is reported as failed at its position).
         out_dir: The folder for the images (made if missing).
@@ -488,6 +185,7 @@ class Batch:
         max_downloads: Downloads at once.
         retry_uncertain: Send again the creates that may have been charged in an earlier run.
         retry_failed: Send again the items whose task failed in an earlier run.
+        gallery: Keep ``out_dir/index.html`` (see `write_gallery`) up to date as items finish.
     """
 
     def __init__(
@@ -501,6 +199,7 @@ class Batch:
         max_downloads: int = DEFAULT_MAX_DOWNLOADS,
         retry_uncertain: bool = False,
         retry_failed: bool = False,
+        gallery: bool = True,
     ) -> None:
         if concurrency is None:
             limiter = client.limiter
@@ -518,6 +217,8 @@ class Batch:
         self._max_downloads = max_downloads
         self._retry_uncertain = retry_uncertain
         self._retry_failed = retry_failed
+        self._gallery = gallery
+        self._gallery_dirty = anyio.Event()
         self._on_event: Callable[[BatchEvent], None] | None = None
         self._started = False
         self._stopping = False
@@ -567,7 +268,7 @@ class Batch:
         for scope in list(self._scopes):
             scope.cancel()
 
-    async def events(self) -> AsyncIterator[BatchEvent]:
+    async def events(self) -> AsyncGenerator[BatchEvent, None]:
         """Run the batch, yielding its events; `summary` is set when the iteration ends.
 
         Leaving the loop early cancels the batch (the journal stays consistent).
@@ -601,15 +302,28 @@ class Batch:
         started = time.monotonic()
         spent_before = self._client.credits.spent
         await anyio.Path(self._out_dir).mkdir(parents=True, exist_ok=True)
-        journal = await anyio.to_thread.run_sync(_Journal.open, self._journal_path)
+        journal = await anyio.to_thread.run_sync(Journal.open, self._journal_path)
         remove_listener = self._client.add_retry_listener(self._on_retry)
+        gallery = Gallery(self._out_dir, self._journal_path) if self._gallery else None
         try:
-            async with anyio.create_task_group() as group:
-                with self._stoppable():
-                    await self._produce(group, journal)
+            async with anyio.create_task_group() as views:
+                if gallery is not None:
+                    await self._write_gallery(gallery, running=True)
+                    views.start_soon(self._keep_gallery, gallery)
+                try:
+                    async with anyio.create_task_group() as group:
+                        with self._stoppable():
+                            await self._produce(group, journal)
+                finally:
+                    views.cancel_scope.cancel()
+        except BaseExceptionGroup as group_error:
+            # One error, as the caller expects (e.g. ClientClosedError), not a group of them.
+            raise first_error(group_error) from None
         finally:
             remove_listener()
             journal.close()
+        if gallery is not None:
+            await self._write_gallery(gallery, running=False)
         items = tuple(self._items[position] for position in sorted(self._items))
         counts = dict.fromkeys(BatchItemStatus, 0)
         total = 0
@@ -637,8 +351,26 @@ class Batch:
     # --- plumbing --------------------------------------------------------------------------------
 
     def _emit(self, event: BatchEvent) -> None:
+        if event.kind not in _QUIET_EVENTS:
+            self._gallery_dirty.set()
         if self._on_event is not None:
             self._on_event(event)
+
+    async def _keep_gallery(self, gallery: Gallery) -> None:
+        """Rewrite the gallery after items change, at most once per `GALLERY_INTERVAL`."""
+        while True:
+            await self._gallery_dirty.wait()
+            self._gallery_dirty = anyio.Event()
+            await self._write_gallery(gallery, running=True)
+            await anyio.sleep(GALLERY_INTERVAL)
+
+    async def _write_gallery(self, gallery: Gallery, *, running: bool) -> None:
+        # A view of the journal: it must never break the batch.
+        try:
+            with anyio.CancelScope(shield=not running):
+                await anyio.to_thread.run_sync(functools.partial(gallery.write, running=running))
+        except (OSError, NanoBananaError):
+            logger.exception("writing the batch gallery failed")
 
     @contextlib.contextmanager
     def _stoppable(self) -> Iterator[anyio.CancelScope]:
@@ -679,7 +411,7 @@ class Batch:
         earlier: bool = False,
     ) -> None:
         """Record where an item ended and emit the event that says so."""
-        prompt = _excerpt(prompt)
+        prompt = prompt_excerpt(prompt)
         self._items[position] = BatchItem(
             position=position,
             key=key,
@@ -705,20 +437,25 @@ class Batch:
             )
         )
 
-    def _record(self, key: str, position: int, request: GenerationRequest, state: str) -> _Record:
-        return _Record(
+    def _record(
+        self, key: str, position: int, request: GenerationRequest, state: str
+    ) -> JournalRecord:
+        return JournalRecord(
             key=key,
             position=position,
             state=state,
-            prompt=_excerpt(request.prompt),
+            prompt=prompt_excerpt(request.prompt),
             model=request.model,
+            aspect_ratio=request.aspect_ratio,
+            image_size=request.image_size,
             time=time.time(),
         )
 
     # --- reading the input -----------------------------------------------------------------------
 
-    async def _produce(self, group: TaskGroup, journal: _Journal) -> None:
+    async def _produce(self, group: TaskGroup, journal: Journal) -> None:
         position = -1
+        keys = ItemKeys()
         async for item in iterate(self._requests):
             if self._stopping:
                 return
@@ -733,8 +470,8 @@ class Batch:
             except InvalidRequestError as exc:
                 self._invalid(position, item if isinstance(item, str) else "", exc)
                 continue
-            key = request_key(position, request)
-            record = journal.index.get(key)
+            key = keys.next(request)
+            record = lookup(journal.index, key, position, request)
             plan = self._plan(position, key, request, record)
             if plan is None:
                 continue
@@ -743,7 +480,7 @@ class Batch:
             self._items[position] = BatchItem(
                 position=position,
                 key=key,
-                prompt=_excerpt(request.prompt),
+                prompt=prompt_excerpt(request.prompt),
                 status=BatchItemStatus.RUNNING if attach else BatchItemStatus.PENDING,
                 task_id=record.task_id if attach and record is not None else None,
                 cost=record.cost if attach and record is not None else None,
@@ -762,15 +499,19 @@ class Batch:
         )
 
     def _plan(
-        self, position: int, key: str, request: GenerationRequest, record: _Record | None
+        self, position: int, key: str, request: GenerationRequest, record: JournalRecord | None
     ) -> str | None:
         """Return "submit" or "attach", or finish the item from its journal record (None)."""
-        state = record.state if record is not None else "unsent"
+        decision = decide(
+            record,
+            out_dir=self._out_dir,
+            retry_failed=self._retry_failed,
+            retry_uncertain=self._retry_uncertain,
+        )
         prompt = request.prompt
-        if record is not None and state == "succeeded":
-            paths = tuple(self._out_dir / name for name in record.files)
-            if record.task_id is not None and not all(path.is_file() for path in paths):
-                return "attach"  # the images went missing: fetch them again, never re-create
+        if decision == "attach":
+            return "attach"
+        if record is not None and decision == "done":
             self._finish(
                 position,
                 key,
@@ -778,13 +519,11 @@ class Batch:
                 BatchItemStatus.SUCCEEDED,
                 task_id=record.task_id,
                 cost=record.cost,
-                paths=paths,
+                paths=tuple(self._out_dir / name for name in record.files),
                 earlier=True,
             )
             return None
-        if record is not None and state == "running" and record.task_id is not None:
-            return "attach"
-        if record is not None and state == "failed" and not self._retry_failed:
+        if record is not None and decision == "failed":
             self._finish(
                 position,
                 key,
@@ -795,18 +534,14 @@ class Batch:
                 earlier=True,
             )
             return None
-        if (
-            record is not None
-            and state in ("submitting", "uncertain")
-            and not self._retry_uncertain
-        ):
+        if record is not None and decision == "uncertain":
             detail = record.error or "the run stopped while its create was on its way"
             self._finish(
                 position,
                 key,
                 prompt,
                 BatchItemStatus.UNCERTAIN,
-                cost=record.cost if record.cost is not None else _estimate(record.model),
+                cost=record.cost if record.cost is not None else estimate_cost(record.model),
                 error=f"may have been charged in an earlier run ({detail}); not re-sent",
                 earlier=True,
             )
@@ -832,9 +567,9 @@ class Batch:
         position: int,
         key: str,
         request: GenerationRequest,
-        record: _Record | None,
+        record: JournalRecord | None,
         plan: str,
-        journal: _Journal,
+        journal: Journal,
     ) -> None:
         slot = _Slot(self._slots)
         try:
@@ -850,7 +585,7 @@ class Batch:
                         kind=BatchEventKind.RESUMED,
                         position=position,
                         key=key,
-                        prompt=_excerpt(request.prompt),
+                        prompt=prompt_excerpt(request.prompt),
                         task_id=task.id,
                         cost=cost,
                         earlier=True,
@@ -867,7 +602,7 @@ class Batch:
             self._window.release()
 
     async def _submit(
-        self, position: int, key: str, request: GenerationRequest, journal: _Journal
+        self, position: int, key: str, request: GenerationRequest, journal: Journal
     ) -> tuple[Task, int | None] | None:
         """Journal the intent, submit, journal the task id; None when the item ended here."""
         prompt = request.prompt
@@ -908,7 +643,7 @@ class Batch:
         except SubmitAbandonedError:
             return None  # stopped before it was sent: the item stays pending
         except SubmitUncertainError as exc:
-            cost = _estimate(request.model)
+            cost = estimate_cost(request.model)
             await journal.write(
                 attrs.evolve(
                     self._record(key, position, request, "uncertain"), cost=cost, error=str(exc)
@@ -952,7 +687,7 @@ class Batch:
                 kind=BatchEventKind.SUBMITTED,
                 position=position,
                 key=key,
-                prompt=_excerpt(prompt),
+                prompt=prompt_excerpt(prompt),
                 task_id=task.id,
                 cost=charged,
             )
@@ -966,7 +701,7 @@ class Batch:
         request: GenerationRequest,
         task: Task,
         cost: int | None,
-        journal: _Journal,
+        journal: Journal,
         slot: _Slot,
     ) -> None:
         """Wait for the task, then save its images and journal them (all stoppable)."""
@@ -1073,6 +808,7 @@ async def run_batch(
     max_downloads: int = DEFAULT_MAX_DOWNLOADS,
     retry_uncertain: bool = False,
     retry_failed: bool = False,
+    gallery: bool = True,
     on_event: Callable[[BatchEvent], None] | None = None,
 ) -> BatchSummary:
     """Run a `Batch` to the end and return its summary (see `Batch` for the arguments)."""
@@ -1085,5 +821,6 @@ async def run_batch(
         max_downloads=max_downloads,
         retry_uncertain=retry_uncertain,
         retry_failed=retry_failed,
+        gallery=gallery,
     )
     return await batch.run(on_event=on_event)

@@ -8,7 +8,7 @@ import contextvars
 import os
 import random
 import ssl as ssl_module
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, overload
@@ -19,6 +19,7 @@ import attrs
 
 from ._config import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_REPLY_BYTES,
     PollPolicy,
     RequestKind,
     RetryEvent,
@@ -55,7 +56,7 @@ from ._models import (
 )
 from ._poller import DurationStats, PollScheduler, PollTimer
 from ._retry import Backoff
-from ._submitter import SubmitHooks, Submitter
+from ._submitter import SubmitHooks, Submitter, run_to_end
 from ._task import Task, TaskState
 from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, Transport, logger
 from ._wire import RESULT_PATH, decode_answer, result_body, structure_snapshot
@@ -67,6 +68,22 @@ DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_FANOUT_WINDOW = 128
 API_KEY_ENV = "NANOBANANA_API_KEY"
 BASE_URL_ENV = "NANOBANANA_BASE_URL"
+#: Divides poll delays when set: match the speed of an emulator (`nanobanana emulator` prints it).
+POLL_SPEED_ENV = "NANOBANANA_POLL_SPEED"
+
+
+def _env_poll_speed() -> float:
+    raw = os.environ.get(POLL_SPEED_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        speed = float(raw)
+    except ValueError:
+        speed = float("nan")
+    if not speed > 0 or speed == float("inf"):
+        raise InvalidRequestError(POLL_SPEED_ENV, f"must be a positive number; got {raw!r}")
+    return speed
+
 
 #: Statuses below 500 that a poll may simply repeat (every 5xx may be repeated too).
 _RETRY_POLL_STATUSES = frozenset({408, 425, 429})
@@ -95,7 +112,8 @@ class Client:
         api_key: The key; defaults to `$NANOBANANA_API_KEY`.
         base_url: Defaults to `$NANOBANANA_BASE_URL`, then `https://nanobananapro.cloud`.
         max_concurrency: Generations in flight at once (ignored when `limiter` is given).
-        poll: Bounds of the adaptive poll timing.
+        poll: Bounds of the adaptive poll timing; default `PollPolicy()`, with its `speed` from
+            `$NANOBANANA_POLL_SPEED` when set (what `nanobanana emulator` prints).
         retry: Retries of safe requests.
         timeouts: Network timeouts and the per-task deadline.
         limiter: A `Limiter` shared with other clients of the same key.
@@ -104,6 +122,7 @@ class Client:
         ssl: An `ssl.SSLContext`, or False to skip verification; default: system CAs.
         max_connections: Size of the HTTP connection pool.
         max_download_bytes: Largest image a download accepts.
+        max_reply_bytes: Largest API answer read; a larger one is a `ProtocolError`.
         max_credits: A budget: a submit that could pass it raises `BudgetExceededError` unsent.
         seed: Seeds the jitter of polls and retries (for reproducible tests).
     """
@@ -114,7 +133,7 @@ class Client:
         *,
         base_url: str | None = None,
         max_concurrency: int | None = DEFAULT_MAX_CONCURRENCY,
-        poll: PollPolicy = PollPolicy(),  # noqa: B008 - frozen value
+        poll: PollPolicy | None = None,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen value
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen value
         limiter: BaseLimiter | None = None,
@@ -123,6 +142,7 @@ class Client:
         ssl: ssl_module.SSLContext | bool | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_credits: int | None = None,
         seed: int | None = None,
     ) -> None:
@@ -135,6 +155,8 @@ class Client:
         url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
         if not url.startswith(("http://", "https://")):
             raise InvalidRequestError("base_url", f"must be an http(s) URL; got {url!r}")
+        if poll is None:
+            poll = PollPolicy(speed=_env_poll_speed())
         positive_int("max_connections", max_connections)
         positive_int("max_download_bytes", max_download_bytes)
         if max_credits is not None and (
@@ -156,6 +178,7 @@ class Client:
             proxy=proxy,
             ssl=ssl,
             gate=self._gate,
+            max_reply_bytes=max_reply_bytes,
         )
         self._limiter = limiter if limiter is not None else Limiter(max_concurrency=max_concurrency)
         self._poll_policy = poll
@@ -185,8 +208,15 @@ class Client:
             self._transport.download_slots,
             timeout=timeouts.download,
             max_bytes=max_download_bytes,
+            retry=retry,
+            rng=self._rng,
+            on_retry=lambda attempt, wait, cause, url: self._notify_retry(
+                "download", attempt, wait, cause, None
+            ),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -209,22 +239,52 @@ class Client:
     ) -> None:
         await self.aclose()
 
+    def __enter__(self) -> Client:
+        raise TypeError(
+            "nanobanana_async.Client is asynchronous: use `async with nb.Client() as client:` "
+            "inside an async function run by asyncio.run() (in Jupyter or `python -m asyncio`, "
+            "top-level `await` works too)"
+        )
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Never reached: `__enter__` refuses synchronous use."""
+
     async def aclose(self) -> None:
-        """Stop polling, wake every waiter with `ClientClosedError`, free every slot and socket."""
-        if self._closed:
-            return
-        self._closed = True
-        with anyio.CancelScope(shield=True):
-            await self._scheduler.aclose()
-            await self._submitter.aclose()
-            tasks, self._tasks = self._tasks, {}
-            for state in tasks.values():
-                self._end(
-                    state, ClientClosedError(f"the client closed before task {state.id} ended")
-                )
-            # Releases of a shared limiter started just now: let them finish.
-            await self._submitter.drain()
-            await self._transport.aclose()
+        """Stop polling, wake every waiter with `ClientClosedError`, free every slot and socket.
+
+        Runs to its end even if the caller is cancelled meanwhile; a second call waits for it.
+        """
+        if self._closing is None:
+            if self._closed:
+                return  # closed by the keeper as its event loop ended
+            self._closed = True
+            keeper, self._keeper = self._keeper, None
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if self._loop is not None and running is not self._loop:
+                # The loop this client ran on has ended (a later asyncio.run): its keeper closed
+                # the session as that loop shut down; nothing of that loop may be touched now.
+                return
+            self._closing = asyncio.ensure_future(self._close_all(keeper))
+        await run_to_end(self._closing)
+
+    async def _close_all(self, keeper: asyncio.Task[None] | None) -> None:
+        await self._close_on_loop()
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _close_on_loop(self) -> None:
+        await self._scheduler.aclose()
+        await self._submitter.aclose()
+        tasks, self._tasks = self._tasks, {}
+        for state in tasks.values():
+            self._end(state, ClientClosedError(f"the client closed before task {state.id} ended"))
+        # Releases of a shared limiter started just now: let them finish.
+        await self._submitter.drain()
+        await self._transport.aclose()
 
     @property
     def closed(self) -> bool:
@@ -235,6 +295,11 @@ class Client:
     def credits(self) -> CreditUsage:
         """Credits this client charged, saw refunded and holds reserved, and its budget."""
         return self._credits.usage()
+
+    @property
+    def poll_policy(self) -> PollPolicy:
+        """The bounds of this client's poll timing (its `speed` may come from the environment)."""
+        return self._poll_policy
 
     @property
     def limiter(self) -> BaseLimiter:
@@ -274,9 +339,17 @@ class Client:
         if scope.cancelled_caught:
             raise _GateTimeout
 
+    async def _keep(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            if self._keeper is not None:  # not aclose(): the event loop is shutting down
+                self._closed = True
+                self._keeper = None
+                await self._close_on_loop()
+            raise
+
     def _check(self) -> None:
-        if self._closed:
-            raise ClientClosedError("the client is closed")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -284,12 +357,17 @@ class Client:
                 "nanobanana_async needs a running asyncio event loop (aiohttp is asyncio-only): "
                 "use asyncio.run(), or anyio.run(..., backend='asyncio'); trio is not supported"
             ) from None
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:
+        if self._loop is not None and loop is not self._loop:
             raise ClientStateError(
                 "this client belongs to another event loop; make one client per event loop"
             )
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        if self._loop is None:
+            self._loop = loop
+            # Closes the session if the loop ends with the client still open (asyncio.run
+            # cancels what is left): no unclosed session, and aclose() later is harmless.
+            self._keeper = loop.create_task(self._keep(), name="nanobanana-keeper")
 
     # --- submitting ------------------------------------------------------------------------------
 
@@ -544,16 +622,16 @@ class Client:
     @overload
     def as_completed(
         self, requests: Requests, *, return_exceptions: Literal[False] = False
-    ) -> AsyncIterator[Task]: ...
+    ) -> AsyncGenerator[Task, None]: ...
 
     @overload
     def as_completed(
         self, requests: Requests, *, return_exceptions: Literal[True]
-    ) -> AsyncIterator[Task | NanoBananaError]: ...
+    ) -> AsyncGenerator[Task | NanoBananaError, None]: ...
 
     async def as_completed(
         self, requests: Requests, *, return_exceptions: bool = False
-    ) -> AsyncIterator[Task | NanoBananaError]:
+    ) -> AsyncGenerator[Task | NanoBananaError, None]:
         """Submit every request (lazily, O(max_concurrency) at a time); yield tasks as they end.
 
         Failed tasks are yielded too (`await task` raises). A submit error is raised at once
@@ -610,8 +688,8 @@ class Client:
         """Return a `Task` for a task submitted elsewhere (another request, process or host).
 
         The client polls it at once, then until it is terminal; until the first answer its
-        snapshot's status is `TaskStatus.UNKNOWN` (`await task.refresh()` waits for it). It holds
-        no slot of the limiter.
+        snapshot's status is `TaskStatus.UNKNOWN` (`updates()` yields the first real one). It
+        holds no slot of the limiter.
         """
         if not isinstance(task_id, str) or not task_id.strip():
             raise InvalidRequestError("task_id", "must be a non-empty string")

@@ -7,6 +7,7 @@ NanoBananaError
 │   └── ClientClosedError
 ├── TransportError                          network failure, after retries
 ├── ProtocolError                           a body we cannot read; carries an excerpt
+│   └── DownloadError                       a result URL answered something not an image
 ├── SubmitUncertainError                    a create may have reached the server
 ├── BudgetExceededError                     a submit would pass the credit budget; nothing sent
 ├── SubmitAbandonedError                    a create was given up before it was sent; nothing sent
@@ -83,6 +84,27 @@ class ProtocolError(NanoBananaError):
         self.excerpt = excerpt(body)
         detail = f" (HTTP {status})" if status is not None else ""
         super().__init__(f"{message}{detail}: {self.excerpt!r}" if body else f"{message}{detail}")
+
+
+class DownloadError(ProtocolError):
+    """Raised when a result URL answers something that is not the image (a page, text, nothing).
+
+    Nothing is written. The task's image may still be fetched later (the link may have been
+    served by a proxy or be briefly wrong); `url` is the link, `content_type` what it answered.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        content_type: str | None = None,
+        status: int | None = None,
+        body: bytes | str = b"",
+    ) -> None:
+        super().__init__(message, status=status, body=body)
+        self.url = url
+        self.content_type = content_type
 
 
 class SubmitUncertainError(NanoBananaError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import json
 import math
 import os
 import secrets
@@ -22,9 +21,9 @@ from urllib.parse import quote
 
 import attrs
 
-from ._batch import JOURNAL_NAME
 from ._errors import InvalidRequestError
 from ._inputs import MODEL_COSTS
+from ._journal import JOURNAL_NAME, JournalRecord
 
 #: The gallery's file name in the output folder.
 GALLERY_NAME = "index.html"
@@ -60,24 +59,6 @@ _UNCERTAIN_NOTE = "(may have been charged: re-sent only with --retry-uncertain)"
 _HEADER_BYTES = 64 * 1024
 
 
-@attrs.frozen(kw_only=True)
-class _Entry:
-    """The last journal record of one item."""
-
-    key: str
-    position: int
-    state: str
-    prompt: str = ""
-    model: str | None = None
-    aspect_ratio: str | None = None
-    image_size: str | None = None
-    task_id: str | None = None
-    cost: int | None = None
-    files: tuple[str, ...] = ()
-    error: str | None = None
-    time: float | None = None
-
-
 @attrs.frozen
 class _Image:
     name: str
@@ -86,45 +67,10 @@ class _Image:
     size: int
 
 
-def _text(data: dict[str, object], name: str) -> str | None:
-    value = data.get(name)
-    return value if isinstance(value, str) else None
-
-
-def _entry(line: bytes) -> _Entry | None:
-    """Read one journal line, keeping what is readable; None if it names no item."""
-    try:
-        data = json.loads(line)
-    except ValueError:  # a torn or garbled line
-        return None
-    if not isinstance(data, dict):
-        return None
-    key, position, state = data.get("key"), data.get("position"), data.get("state")
-    if not isinstance(key, str) or not isinstance(state, str) or state not in _RUNNING_VIEW:
-        return None
-    if isinstance(position, bool) or not isinstance(position, int):
-        return None
-    files, cost, moment = data.get("files"), data.get("cost"), data.get("time")
-    return _Entry(
-        key=key,
-        position=position,
-        state=state,
-        prompt=_text(data, "prompt") or "",
-        model=_text(data, "model"),
-        aspect_ratio=_text(data, "aspect_ratio"),
-        image_size=_text(data, "image_size"),
-        task_id=_text(data, "task_id"),
-        cost=cost if isinstance(cost, int) and not isinstance(cost, bool) else None,
-        files=tuple(f for f in files if isinstance(f, str)) if isinstance(files, list) else (),
-        error=_text(data, "error"),
-        time=(
-            float(moment)
-            if isinstance(moment, (int, float))
-            and not isinstance(moment, bool)
-            and math.isfinite(moment)
-            else None
-        ),
-    )
+def _entry(line: bytes) -> JournalRecord | None:
+    """Read one journal line (the journal's own reader); None if it names no item."""
+    record = JournalRecord.from_line(line)
+    return record if record is not None and record.state in _RUNNING_VIEW else None
 
 
 # --- image headers -----------------------------------------------------------------------------
@@ -287,7 +233,7 @@ def _file_tokens(out_dir: Path, files: tuple[str, ...]) -> tuple[_FileToken, ...
 
 
 def _card(
-    entry: _Entry,
+    entry: JournalRecord,
     started: float | None,
     files: tuple[_FileToken, ...],
     out_dir: Path,
@@ -341,7 +287,7 @@ def _card(
     credits = _credits_text(entry, css)
     if credits:
         meta.append(f'<span class="credits">{_e(credits)}</span>')
-    if started is not None and entry.time is not None:
+    if started is not None and entry.time:
         end = now if css == "running" and running else entry.time
         meta.append(f'<span class="took">{_duration(max(0.0, end - started))}</span>')
     if meta:
@@ -364,7 +310,7 @@ def _card(
     return "".join(parts)
 
 
-def _credits_text(entry: _Entry, css: str) -> str | None:
+def _credits_text(entry: JournalRecord, css: str) -> str | None:
     if css == "failed":
         return "refunded" if entry.state == "failed" else None
     if css == "unsent":
@@ -377,7 +323,7 @@ def _credits_text(entry: _Entry, css: str) -> str | None:
     return f"{entry.cost} credit" + ("" if entry.cost == 1 else "s")
 
 
-def _charged(entry: _Entry) -> tuple[int, int]:
+def _charged(entry: JournalRecord) -> tuple[int, int]:
     """(credits certainly charged, credits maybe charged) for one item, as the journal says."""
     if entry.state in ("running", "succeeded"):
         return entry.cost or 0, 0
@@ -387,7 +333,7 @@ def _charged(entry: _Entry) -> tuple[int, int]:
 
 
 def _header(
-    entries: list[_Entry],
+    entries: list[JournalRecord],
     first: float | None,
     last: float | None,
     *,
@@ -485,7 +431,7 @@ class Gallery:
         self._lock = threading.Lock()
         self._file: tuple[int, int] | None = None
         self._offset = 0
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, JournalRecord] = {}
         self._started: dict[str, float] = {}
         self._cards: dict[str, tuple[tuple[object, ...], str]] = {}
 
@@ -554,7 +500,7 @@ class Gallery:
             if entry is None:
                 continue
             self._entries[entry.key] = entry
-            if entry.key not in self._started and entry.time is not None:
+            if entry.key not in self._started and entry.time:
                 self._started[entry.key] = entry.time
 
     def _render(self, *, running: bool, now: float) -> str:
@@ -575,7 +521,7 @@ class Gallery:
             card = _card(entry, started, files, self._out_dir, running=running, now=now)
             self._cards[entry.key] = (signature, card)
             cards.append(card)
-        times = [e.time for e in entries if e.time is not None]
+        times = [e.time for e in entries if e.time]
         times += self._started.values()
         title = self._title
         if title is None:

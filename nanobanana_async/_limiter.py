@@ -79,6 +79,9 @@ class BaseLimiter(abc.ABC):
     async def ready(self, kind: RequestKind = "create") -> None:
         """Wait until one request of *kind* may leave (pauses, rate cap); takes one rate token."""
 
+    async def aclose(self) -> None:  # noqa: B027 - nothing to close in process
+        """Let go of the limiter's resources (connections to a store); a no-op by default."""
+
     async def reserve(self, credits: int) -> None:  # noqa: B027 - no budget by default
         """Reserve *credits* for a create about to be sent; raise `BudgetExceededError` if over."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, Protocol, Union
@@ -62,6 +63,15 @@ class TaskStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_file_name(name: str, default: str = "image") -> str:
+    """Return *name* fit to be one file name: no separators, no leading dots, at most 200 chars."""
+    cleaned = _UNSAFE_NAME_CHARS.sub("_", name).lstrip(".")[:200]
+    return cleaned or default
 
 
 def _images_tuple(value: Iterable[ImageInput] | ImageInput | None) -> tuple[ImageInput, ...]:
@@ -177,6 +187,6 @@ class TaskResult:
     async def save_all(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Save every image into *directory* as `<task id>-<n>.<ext>`; return the paths."""
         folder = Path(directory)
-        return [
-            await image.save(folder / f"{self.task_id}-{n}") for n, image in enumerate(self.images)
-        ]
+        # The task id comes from the server: never let it name a path outside the folder.
+        stem = safe_file_name(self.task_id)
+        return [await image.save(folder / f"{stem}-{n}") for n, image in enumerate(self.images)]

@@ -15,7 +15,7 @@ from ._config import PollPolicy
 if TYPE_CHECKING:
     from ._task import TaskState
 
-#: Typical durations in API seconds by model and image size (API.md §3), used until some are seen.
+#: Typical durations in API seconds by model and size (docs/api.md §3), used until some are seen.
 _TYPICAL: dict[tuple[str, str], tuple[float, float]] = {
     ("nano-banana-fast", "1K"): (4.0, 10.0),
     ("nano-banana", "1K"): (8.0, 20.0),

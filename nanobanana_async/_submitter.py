@@ -153,20 +153,30 @@ class Submitter:
         return claim
 
     async def settle(self, claim: Claim, charged: int | None) -> None:
-        """Settle a claim no task took over: *charged* credits were spent (None: never sent)."""
+        """Settle a claim no task took over: *charged* credits were spent (None: never sent).
+
+        Runs to its end even if the caller is cancelled meanwhile, and never raises: an error of
+        the limiter is logged, so that it can never replace the error that explains the create.
+        """
         if claim.settled:
             return
         claim.settled = True
-        with anyio.CancelScope(shield=True):
-            if charged is None:
-                self._credits.cancel(claim.reserved)
-            else:
-                self._credits.uncertain(claim.reserved)
+        if charged is None:
+            self._credits.cancel(claim.reserved)
+        else:
+            self._credits.uncertain(claim.reserved)
+        await run_to_end(self._give_back(claim, charged or 0))
+
+    async def _give_back(self, claim: Claim, charged: int) -> None:
+        try:
+            await self._limiter.settle(claim.reserved, charged)
+        except Exception:
+            logger.exception("the limiter failed to settle a create (%d credits)", charged)
+        if claim.lease is not None:
             try:
-                await self._limiter.settle(claim.reserved, charged or 0)
-            finally:
-                if claim.lease is not None:
-                    await self._limiter.release(claim.lease)
+                await self._limiter.release(claim.lease)
+            except Exception:
+                logger.exception("the limiter failed to release a slot")
 
     def settle_soon(self, claim: Claim, charged: int | None) -> None:
         """`settle` from synchronous code (a done-callback); `aclose` awaits it."""
@@ -211,8 +221,7 @@ class Submitter:
                     if not flags[0]:
                         # Nothing left yet: stop the attempt too (it settles the claim unsent).
                         job.cancel()
-                        with anyio.CancelScope(shield=True):
-                            await asyncio.gather(job, return_exceptions=True)
+                        await run_to_end(asyncio.gather(job, return_exceptions=True))
                     else:
                         job.add_done_callback(self._reclaim_after_abandon(claim))
                     raise
@@ -238,6 +247,12 @@ class Submitter:
         finally:
             if owned:
                 await self.settle(claim, None)
+
+    async def _settle_created(self, reserved: int, cost: int, task_id: str) -> None:
+        try:
+            await self._limiter.settle(reserved, cost)
+        except Exception:
+            logger.exception("the limiter failed to settle the create of task %s", task_id)
 
     def _attempts_done(self, job: asyncio.Task[Any]) -> None:
         self._attempts.pop(job, None)
@@ -341,9 +356,9 @@ class Submitter:
         claim.settled = True
         lease = claim.lease
         assert lease is not None  # a claim always holds a lease once acquired
-        with anyio.CancelScope(shield=True):
-            await self._limiter.settle(claim.reserved, cost)
         task = self._track(snapshot, request, lease, cost)
+        # The task exists and is paid for: a limiter's bookkeeping must not lose it.
+        await run_to_end(self._settle_created(claim.reserved, cost, task.id))
         if hooks is not None and hooks.on_created is not None:
             await hooks.on_created(task)
         if logger.isEnabledFor(logging.DEBUG):
@@ -368,6 +383,23 @@ class Submitter:
         """Wait for background limiter bookkeeping to finish."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+async def run_to_end(work: Awaitable[T]) -> T:
+    """Await *work* to its end even if the caller is cancelled meanwhile; then re-raise that.
+
+    (An anyio shield does not stop a plain `Task.cancel()` on asyncio; this does.)
+    """
+    job = asyncio.ensure_future(work)
+    interrupted = False
+    while not job.done():
+        try:
+            await asyncio.wait((job,))
+        except asyncio.CancelledError:
+            interrupted = True
+    if interrupted:
+        raise asyncio.CancelledError
+    return job.result()
 
 
 def _log_failure(job: asyncio.Task[Any]) -> None:

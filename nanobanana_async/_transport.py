@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl as ssl_module
 import time
 import urllib.request
@@ -11,10 +12,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import multidict
 import yarl
 
-from ._config import RequestKind, Timeouts
-from ._errors import ClientClosedError, TransportError
+from ._config import DEFAULT_MAX_REPLY_BYTES, RequestKind, Timeouts
+from ._errors import ClientClosedError, InvalidRequestError, TransportError
+from ._wire import CappedBody
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -51,6 +54,34 @@ def env_proxy(url: yarl.URL) -> str | None:
     return urllib.request.getproxies().get(url.scheme)
 
 
+#: Named HTML entities of characters API keys are made of (besides letters and digits).
+_ENTITIES = {"/": "sol", "+": "plus", "=": "equals", "-": "hyphen", "_": "lowbar", ".": "period"}
+
+
+def key_pattern(key: str) -> str:
+    """Return a regular expression matching *key* in every form a server may echo it in.
+
+    Each character may come raw, backslash-escaped (JSON's `\\/`, at any depth), as a JSON
+    `\\uXXXX` escape, percent-encoded (also twice), as an HTML character reference, or (`+`)
+    as the space a form decoder makes of it. Forms may mix within one key.
+    """
+    parts = []
+    for char in key:
+        code = ord(char)
+        forms = [re.escape(char), r"\\+" + re.escape(char)]
+        if code <= 0xFFFF:
+            forms.append(rf"(?i:\\+u{code:04x})")
+        forms.append("(?i:" + "".join(rf"%(?:25)*{byte:02x}" for byte in char.encode()) + ")")
+        forms.append(rf"&#0*{code};")
+        forms.append(rf"(?i:&#x0*{code:x};)")
+        if char in _ENTITIES:
+            forms.append(f"&{_ENTITIES[char]};")
+        if char == "+":
+            forms.append(" ")
+        parts.append("(?:" + "|".join(forms) + ")")
+    return "".join(parts)
+
+
 def describe(exc: BaseException) -> str:
     """Return a short text for a network failure (aiohttp's texts can be empty)."""
     text = str(exc)
@@ -71,22 +102,45 @@ class Transport:
         proxy: str | None,
         ssl: ssl_module.SSLContext | bool | None,
         gate: Callable[[RequestKind], Awaitable[None]],
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
     ) -> None:
         self.base_url = yarl.URL(base_url.rstrip("/"))
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self._json_headers = {**self._auth, "Content-Type": "application/json"}
         self._api_key = api_key
-        self._key_bytes = api_key.encode()
+        pattern = key_pattern(api_key) if api_key else None
+        self._key_text = re.compile(pattern) if pattern else None
+        self._key_bytes = re.compile(pattern.encode()) if pattern else None
+        # A cheap test before the regex (which costs ~20 us a body): every form of the key holds
+        # its longest run of letters and digits as it is, unless the escaping reached letters too
+        # (`&#115;`, `\u0073`, `%73`), which leaves its own marks.
+        core = max(re.findall(r"[A-Za-z0-9]+", api_key), key=len, default="")
+        self._key_hints = (core, "&#", "\\u", "%") if core else None
+        self._key_hints_bytes = (
+            tuple(hint.encode() for hint in self._key_hints) if self._key_hints else None
+        )
+        if max_reply_bytes < 1:
+            raise InvalidRequestError("max_reply_bytes", "must be at least 1")
+        self.max_reply_bytes = max_reply_bytes
         self.timeouts = timeouts
         self.max_connections = max_connections
         self._session = session
         self._owns_session = session is None
+        self._create_session: aiohttp.ClientSession | None = None
         self._proxy = proxy
         self._ssl = ssl
         self._timeout = aiohttp.ClientTimeout(total=timeouts.request, sock_connect=timeouts.connect)
         # Our own bounds on exchanges in flight, which add up to the connector's limit: a request
         # never queues inside aiohttp's pool, where the wait would count against its timeout.
-        self._slots = asyncio.Semaphore(max_connections)
+        # Creates open fresh connections beside the keep-alive pool of polls: the two shares add
+        # up to max_connections, so the sockets open never exceed it. With a single connection
+        # both kinds share it, and the pool keeps nothing idle (see `session`).
+        self._create_share = max(1, max_connections // 4) if max_connections >= 2 else 1
+        self._poll_share = max_connections - self._create_share if max_connections >= 2 else 1
+        self._slots = asyncio.Semaphore(self._poll_share)
+        self._create_slots = (
+            asyncio.Semaphore(self._create_share) if max_connections >= 2 else self._slots
+        )
         self.download_slots = asyncio.Semaphore(DOWNLOAD_CONNECTIONS)
         self._gate = gate
         self._closed = False
@@ -101,9 +155,11 @@ class Transport:
             if self._closed:
                 raise ClientClosedError("the client is closed")
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections + DOWNLOAD_CONNECTIONS,
+                limit=self._poll_share + DOWNLOAD_CONNECTIONS,
                 ssl=self._ssl if self._ssl is not None else True,
                 ttl_dns_cache=300,
+                # One connection in all: an idle pooled one would be a second beside a create's.
+                force_close=self.max_connections < 2,
             )
             # The proxy comes from the environment (HTTP(S)_PROXY, NO_PROXY) once, here: aiohttp's
             # trust_env would look it up (and netrc, which clashes with our Authorization header)
@@ -115,9 +171,106 @@ class Transport:
             )
         return self._session
 
+    @property
+    def create_session(self) -> aiohttp.ClientSession:
+        """The session of creates: each create on a fresh connection, closed after its answer.
+
+        A pooled keep-alive connection may have just been closed by the server (many close idle
+        connections after a few seconds, some right after each answer): a create sent on it is
+        lost with no way to tell whether it arrived, a false `SubmitUncertainError`. A fresh
+        connection that fails to open proves the create never left. Polls, safe to repeat, keep
+        using the pool. A session given by the caller is used as it is.
+        """
+        if not self._owns_session:
+            return self.session
+        if self._create_session is None:
+            if self._closed:
+                raise ClientClosedError("the client is closed")
+            reuse = self.timeouts.create_keepalive
+            # Fresh connections by default; with create_keepalive, only connections idle for less.
+            ssl = self._ssl if self._ssl is not None else True
+            connector = (
+                aiohttp.TCPConnector(
+                    limit=self._create_share, ssl=ssl, ttl_dns_cache=300, keepalive_timeout=reuse
+                )
+                if reuse
+                else aiohttp.TCPConnector(
+                    limit=self._create_share, ssl=ssl, ttl_dns_cache=300, force_close=True
+                )
+            )
+            self._create_session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,
+                proxy=self._proxy if self._proxy is not None else env_proxy(self.base_url),
+            )
+        return self._create_session
+
     def redact(self, text: str) -> str:
-        """Remove the API key from *text* (servers sometimes echo headers back)."""
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
+        """Remove the API key, in any escaped form, from *text* (servers echo headers back)."""
+        if self._key_text is None:
+            return text
+        if self._key_hints is not None and not any(hint in text for hint in self._key_hints):
+            return text
+        return self._key_text.sub("[redacted]", text)
+
+    def redact_bytes(self, body: bytes) -> bytes:
+        """Remove the API key, in any escaped form, from a raw body."""
+        if self._key_bytes is None:
+            return body
+        hints = self._key_hints_bytes
+        if hints is not None and not any(hint in body for hint in hints):
+            return body
+        return self._key_bytes.sub(b"[redacted]", body)
+
+    def scrub(self, exc: BaseException) -> BaseException:
+        """Strip the key from *exc* and every exception it chains, in place; return *exc*.
+
+        aiohttp's response errors carry the request's headers (`request_info`), Authorization
+        included, and parser errors quote the bytes they choked on. Callers chain our errors
+        from these (`raise ... from exc`), so they are cleaned before they leave the transport.
+        """
+        stack: list[BaseException | None] = [exc]
+        seen: set[int] = set()
+        while stack:
+            current = stack.pop()
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            args = tuple(self._scrub_value(arg) for arg in current.args)
+            if any(new is not old for new, old in zip(args, current.args, strict=True)):
+                current.args = args
+            for name, value in list(getattr(current, "__dict__", {}).items()):
+                clean = self._scrub_value(value)
+                if clean is not value:
+                    setattr(current, name, clean)
+            stack += [current.__cause__, current.__context__]
+        return exc
+
+    def _scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            clean = self.redact(value)
+            return value if clean == value else clean
+        if isinstance(value, (bytes, bytearray)):
+            cleaned = self.redact_bytes(bytes(value))
+            return value if cleaned == value else cleaned
+        if isinstance(value, aiohttp.RequestInfo):
+            return value._replace(headers=self._scrub_headers(value.headers))
+        if isinstance(value, (multidict.CIMultiDictProxy, multidict.CIMultiDict)):
+            return self._scrub_headers(value)
+        if isinstance(value, tuple) and any(
+            isinstance(item, aiohttp.ClientResponse) for item in value
+        ):
+            # Redirect history: responses that carry the request's headers.
+            return ()
+        return value
+
+    def _scrub_headers(self, headers: Any) -> multidict.CIMultiDictProxy[str]:
+        kept = multidict.CIMultiDict(
+            (key, self.redact(str(item)))
+            for key, item in headers.items()
+            if key.lower() not in ("authorization", "proxy-authorization")
+        )
+        return multidict.CIMultiDictProxy(kept)
 
     def url(self, path: str) -> yarl.URL:
         """Return the absolute URL of an API path."""
@@ -142,19 +295,23 @@ class Transport:
         Waits for a connection slot, then for the gate of *kind* (pauses and rate cap: checked with
         the slot held, so no request slips out during a pause), then awaits *before_send* (it may
         raise to abandon the request unsent), and calls *on_send* right before the request may
-        leave. Raises aiohttp's network errors (classified by the caller) unchanged.
+        leave. Creates go on a fresh connection (see `create_session`). Raises aiohttp's
+        network errors, for the caller to classify, scrubbed of the key (see `scrub`). An answer
+        over `max_reply_bytes` comes back cut, as a `CappedBody` that `decode_answer` refuses:
+        pass the body on to it as it is.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
-        async with self._slots:
+        async with self._create_slots if kind == "create" else self._slots:
             await self._gate(kind)
             if before_send is not None:
                 await before_send()
             if on_send is not None:
                 on_send()
             started = time.perf_counter()
+            session = self.create_session if kind == "create" else self.session
             try:
-                async with self.session.post(
+                async with session.post(
                     url,
                     data=data if json_body is None else json_body,
                     headers=headers,
@@ -164,14 +321,12 @@ class Transport:
                     # (301/302) behind our back: a redirect is an answer, not an instruction.
                     allow_redirects=False,
                 ) as response:
-                    body = await response.read()
-                    if self._key_bytes in body:
-                        # Some servers echo the Authorization header back in error bodies.
-                        body = body.replace(self._key_bytes, b"[redacted]")
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     self.answered = True
+                    body = await self._read_capped(response)
             except NETWORK_ERRORS as exc:
+                self.scrub(exc)
                 if logger.isEnabledFor(logging.DEBUG):
                     logger.debug(
                         "POST %s failed after %.1f ms (task %s): %s",
@@ -191,6 +346,32 @@ class Transport:
             )
         return status, body, retry_after
 
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        """Read an answer of at most `max_reply_bytes`, key redacted; beyond, drop the connection.
+
+        A larger answer comes back as a `CappedBody` holding its first `max_reply_bytes`: the
+        decoder raises `ProtocolError` for it on a 2xx (and keeps the status's error otherwise),
+        so every caller classifies it as it already does an unreadable answer.
+        """
+        limit = self.max_reply_bytes
+        # Read in steps even when a length is declared: it is the length on the wire, and a
+        # compressed answer may inflate far beyond it.
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = await response.content.read(limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if size > limit:
+            # Never hand the rest of an oversized answer to the pool's next request.
+            response.close()
+            return CappedBody(self.redact_bytes(body[:limit]), limit=limit)
+        # Some servers echo the Authorization header back in error bodies.
+        return self.redact_bytes(body)
+
     def network_error(self, exc: BaseException, what: str) -> TransportError:
         """Wrap a network failure as a `TransportError` whose text holds no secret."""
         where = "" if self.answered else f" (no answer yet from {self.base_url})"
@@ -199,6 +380,9 @@ class Transport:
     async def aclose(self) -> None:
         """Close the session if this transport made it; make no new one after."""
         self._closed = True
+        if self._create_session is not None:
+            await self._create_session.close()
+            self._create_session = None
         if self._owns_session and self._session is not None:
             await self._session.close()
         self._session = None

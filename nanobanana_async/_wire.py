@@ -19,6 +19,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from cattrs.preconf.json import make_converter
 
 from ._errors import (
+    EXCERPT_LIMIT,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -53,6 +54,31 @@ _STATUS_ALIASES = {
 _SUCCESS_CODES = (0, 200)
 _ERROR_KEYS = ("error", "message", "msg", "detail", "error_message", "errorMessage")
 _RETRY_KEYS = ("retry_after", "retryAfter", "retry_after_seconds")
+#: Phrases that may turn a generic error code into a status (checked in this order).
+_REFINING_PHRASES: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (
+        402,
+        (
+            "insufficient credit",
+            "insufficient balance",
+            "not enough credit",
+            "insufficient account balance",
+        ),
+    ),
+    (
+        401,
+        (
+            "invalid api key",
+            "api key is invalid",
+            "unauthorized",
+            "unauthorised",
+            "not authenticated",
+            "authentication failed",
+        ),
+    ),
+    (429, ("rate limit", "too many requests")),
+    (404, ("task not found",)),
+)
 _SCRIPT = re.compile(rb"<(script|style)[^>]*>.*?</\1>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(rb"<[^>]{0,2000}>")
 
@@ -131,6 +157,18 @@ def result_body(task_id: str) -> bytes:
 # --- answers -------------------------------------------------------------------------------------
 
 
+class CappedBody(bytes):
+    """The first `limit` bytes of an answer that was longer (the rest was never read)."""
+
+    limit: int
+
+    def __new__(cls, data: bytes, *, limit: int) -> CappedBody:
+        """Wrap the bytes read of an answer cut at *limit*."""
+        body = super().__new__(cls, data)
+        body.limit = limit
+        return body
+
+
 def parse_retry_after(value: object, now: Callable[[], float] = time.time) -> float | None:
     """Return the seconds a `Retry-After` value (seconds or an HTTP date) asks to wait, or None."""
     if value is None or isinstance(value, bool):
@@ -202,18 +240,25 @@ def _retry_hint(obj: Any) -> float | None:
 
 
 def _status_for_body_error(code: int | None, message: str) -> int:
+    # The wire decides: an HTTP-status-like code is the status. A generic code (-1, a vendor
+    # number, none at all) may be refined by an unambiguous phrase only, never by a loose word:
+    # "failed to generate image" holds "rate" and is not a rate limit.
     if code is not None and 400 <= code <= 599:
         return code
-    lowered = message.lower()
-    if "credit" in lowered or "balance" in lowered or "insufficient" in lowered:
-        return 402
-    if "unauthor" in lowered or "api key" in lowered or "token" in lowered:
-        return 401
-    if "not found" in lowered:
-        return 404
-    if "rate" in lowered or "too many" in lowered:
-        return 429
+    lowered = " ".join(message.lower().split())
+    for status, phrases in _REFINING_PHRASES:
+        if any(phrase in lowered for phrase in phrases):
+            return status
     return 400
+
+
+def _is_failed_task(data: Any) -> bool:
+    if not isinstance(data, dict) or "id" not in data:
+        return False
+    status = data.get("status")
+    return isinstance(status, str) and _STATUS_ALIASES.get(status.strip().lower()) is (
+        TaskStatus.FAILED
+    )
 
 
 def api_error(
@@ -238,8 +283,14 @@ def decode_answer(
     """Return the task object of an answer, or raise its typed error.
 
     Handles `{"data": ...}`, `{"code", "msg", "data"}`, a bare task object, and every error shape of
-    API.md (`error`, `message`, `code`+`msg`, `success: false`, plain text, HTML), on any status.
+    docs/api.md (`error`, `message`, `code`+`msg`, `success: false`, text, HTML), on any status.
     """
+    if 200 <= status < 300 and isinstance(body, CappedBody):
+        raise ProtocolError(
+            f"the answer is larger than {body.limit} bytes (max_reply_bytes); not read",
+            status=status,
+            body=body[:EXCERPT_LIMIT],
+        )
     try:
         parsed: Any = json.loads(body) if body.strip()[:1] in (b"{", b"[") else None
     except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, deep nesting
@@ -250,6 +301,10 @@ def decode_answer(
         code = _code_of(parsed)
         failed = parsed.get("success") is False or (code is not None and code not in _SUCCESS_CODES)
         if failed:
+            data = parsed.get("data")
+            if isinstance(data, dict) and _is_failed_task(data):
+                # A task that ended failed at once (its credits refunded): a task, not an error.
+                return data
             message = _message_of(parsed) or f"error code {code}"
             error_status = _status_for_body_error(code, message)
             raise api_error(error_status, message, parsed, _retry_hint(parsed))
@@ -349,10 +404,27 @@ _structure_snapshot = make_dict_structure_fn(
 )
 
 
+_UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def is_safe_task_id(task_id: str) -> bool:
+    """Whether a task id from the server can go into file names and journals as it is."""
+    return (
+        bool(task_id)
+        and len(task_id) <= 512
+        and task_id.strip(". ") != ""
+        and _UNSAFE_ID.search(task_id) is None
+    )
+
+
 def structure_snapshot(
     data: dict[str, Any], *, task_id: str | None = None, body: bytes = b""
 ) -> TaskSnapshot:
-    """Build a `TaskSnapshot` from a task object; *task_id* fills a missing id."""
+    """Build a `TaskSnapshot` from a task object.
+
+    *task_id* is the task polled: it fills a missing id, and an answer naming another task is a
+    `ProtocolError`. Without it (a create's answer) an id unfit for file names is one.
+    """
     if task_id is not None and "id" not in data:
         data = {**data, "id": task_id}
     try:
@@ -367,6 +439,18 @@ def structure_snapshot(
         RecursionError,
     ) as exc:
         raise ProtocolError(f"unreadable task object ({exc})", body=body or repr(data)) from exc
+    if task_id is not None and snapshot.id != task_id:
+        # An answer about another task (a proxy's cache, a crossed reply): never take it for ours.
+        raise ProtocolError(
+            f"the answer is about task {snapshot.id[:80]!r}, not {task_id[:80]!r}",
+            body=body or repr(data),
+        )
+    if task_id is None and not is_safe_task_id(snapshot.id):
+        raise ProtocolError(
+            f"unusable task id {snapshot.id[:80]!r} (control characters, a path separator, or "
+            "dots only)",
+            body=body or repr(data),
+        )
     if snapshot.status is TaskStatus.SUCCEEDED and snapshot.progress != 100:
         snapshot = attrs.evolve(snapshot, progress=100)
     return snapshot

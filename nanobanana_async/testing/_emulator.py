@@ -1,6 +1,6 @@
 """The emulator: an in-process aiohttp server speaking the Nano Banana API.
 
-It is written from API.md alone and imports nothing from the client, so a
+It is written from docs/api.md alone and imports nothing from the client, so a
 misreading of the contract on either side shows up as a failing test.
 """
 
@@ -71,7 +71,7 @@ _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(?:;[\w.+-]+=[^;,]*)*;base64,(.+
 _TEXT_FIELDS = ("prompt", "model", "mode", "aspectRatio", "imageSize")
 _LIST_FIELDS = ("imageUrl", "imageData")
 
-# Uniform ranges of emulated seconds, from API.md "Typical durations".
+# Uniform ranges of emulated seconds, from docs/api.md "Typical durations".
 _PRO_DURATIONS = {"1K": (15.0, 20.0), "2K": (30.0, 40.0), "4K": (50.0, 70.0)}
 _FAST_DURATION = (4.0, 10.0)
 _DEFAULT_DURATION = (8.0, 20.0)

@@ -11,7 +11,7 @@ import zlib
 
 __all__ = ["png_size", "render_png"]
 
-# API.md section 3, "Output pixel sizes": (1K, 2K, 4K) as (width, height).
+# docs/api.md section 3, "Output pixel sizes": (1K, 2K, 4K) as (width, height).
 _SIZES: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {
     "1:1": ((1024, 1024), (2048, 2048), (4096, 4096)),
     "16:9": ((1376, 768), (2752, 1536), (5504, 3072)),
@@ -42,7 +42,7 @@ def png_size(aspect_ratio: str, image_size: str, *, downscale: int = 1) -> tuple
 
     Args:
         aspect_ratio: ``auto`` (treated as 1:1) or ``W:H``. Ratios missing from
-            API.md's table are derived from a ~1024x1024 area at 1K, rounded to
+            docs/api.md's table are derived from a ~1024x1024 area at 1K, rounded to
             multiples of 16.
         image_size: ``1K``, ``2K`` or ``4K``.
         downscale: Divide both sides by this (the emulator's ``image_downscale``).

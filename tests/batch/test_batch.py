@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 import nanobanana_async as nb
-from nanobanana_async._batch import request_key, slugify
+from nanobanana_async._batch import slugify
+from nanobanana_async._journal import legacy_key, request_key
 from nanobanana_async.testing import Emulator, Fault
 
 from ._helpers import fast_client, held_emulator, journal_lines, last_states, pngs, wait_until
@@ -122,7 +123,7 @@ async def test_a_crash_mid_create_is_reported_uncertain_and_not_resent(tmp_path:
     """A journaled intent with no answer is uncertain: skipped unless retry_uncertain=True."""
     prompts = ["first", "second"]
     journal = tmp_path / "journal.jsonl"
-    intent = {"key": request_key(0, nb.GenerationRequest(prompt="first")), "position": 0}
+    intent = {"key": request_key(nb.GenerationRequest(prompt="first")), "position": 0}
     journal.write_text(json.dumps({**intent, "state": "submitting", "model": "nano-banana"}) + "\n")
     async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
         events: list[nb.BatchEvent] = []
@@ -353,21 +354,54 @@ async def test_a_finished_batch_hears_no_more_of_its_client(tmp_path: Path) -> N
     assert len(events) == seen
 
 
-def test_keys_depend_on_position_and_every_field() -> None:
-    """The key changes with the position and with each request field; bytes are hashed."""
+def test_keys_depend_on_the_occurrence_and_every_field() -> None:
+    """The key changes with the occurrence among identical requests and with each field."""
     base = nb.GenerationRequest(prompt="p")
     keys = {
-        request_key(0, base),
-        request_key(1, base),
-        request_key(0, nb.GenerationRequest(prompt="q")),
-        request_key(0, nb.GenerationRequest(prompt="p", model="nano-banana-pro")),
-        request_key(0, nb.GenerationRequest(prompt="p", aspect_ratio="1:1")),
-        request_key(0, nb.GenerationRequest(prompt="p", image_size="2K")),
-        request_key(0, nb.GenerationRequest(prompt="p", images=["https://x.test/a.png"])),
+        request_key(base),
+        request_key(base, 1),
+        request_key(nb.GenerationRequest(prompt="q")),
+        request_key(nb.GenerationRequest(prompt="p", model="nano-banana-pro")),
+        request_key(nb.GenerationRequest(prompt="p", aspect_ratio="1:1")),
+        request_key(nb.GenerationRequest(prompt="p", image_size="2K")),
+        request_key(nb.GenerationRequest(prompt="p", images=["https://x.test/a.png"])),
     }
     assert len(keys) == 7
-    assert request_key(0, base) == request_key(0, nb.GenerationRequest(prompt="p"))
+    assert request_key(base) == request_key(nb.GenerationRequest(prompt="p"))
     assert all(len(key) == 64 for key in keys)
+
+
+async def test_inserting_and_reordering_lines_never_pays_again(tmp_path: Path) -> None:
+    """A rerun with lines inserted, reordered and duplicated sends only the new requests."""
+    first = ["cat", "dog", "cat", "owl"]
+    second = ["new", "owl", "cat", "dog", "cat", "cat"]  # one new line, one more "cat"
+    async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
+        done = await nb.run_batch(client, first, tmp_path)
+        assert done.ok
+        assert emu.ledger.creates_received == 4
+        again = await nb.run_batch(client, second, tmp_path)
+        assert again.ok
+        assert emu.ledger.creates_received == 6  # "new" and the third "cat" only
+        assert [item.earlier for item in again.items] == [False, True, True, True, True, False]
+
+
+async def test_a_journal_keyed_by_line_position_is_still_honoured(tmp_path: Path) -> None:
+    """A journal written by 0.1 (keys from line positions) is read: its tasks are not re-sent."""
+    async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
+        task = await client.submit("legacy")
+        record = {
+            "key": legacy_key(0, nb.GenerationRequest(prompt="legacy")),
+            "position": 0,
+            "state": "running",
+            "model": "nano-banana",
+            "task_id": task.id,
+            "cost": 15,
+        }
+        (tmp_path / "journal.jsonl").write_text(json.dumps(record) + "\n")
+        summary = await nb.run_batch(client, ["legacy"], tmp_path)
+        assert summary.ok
+        assert emu.ledger.creates_received == 1
+        assert summary.items[0].task_id == task.id
 
 
 def test_slugs_are_short_ascii_file_names() -> None:
@@ -389,3 +423,32 @@ def test_bad_options_are_refused() -> None:
         nb.Batch(client, [], "out", concurrency=0)
     with pytest.raises(nb.InvalidRequestError, match="max_downloads"):
         nb.Batch(client, [], "out", max_downloads=0)
+
+
+async def test_a_batch_keeps_its_gallery_page(tmp_path: Path) -> None:
+    """A batch writes index.html beside its images: live while it runs, final once it ends."""
+    pages: list[str] = []
+
+    def look(event: nb.BatchEvent) -> None:
+        if event.kind is K.SUCCEEDED and (tmp_path / "index.html").exists():
+            pages.append((tmp_path / "index.html").read_text())
+
+    async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
+        summary = await nb.run_batch(client, ["a <b>cat</b>", "a dog"], tmp_path, on_event=look)
+    assert summary.ok
+    assert pages, "the page exists while the batch runs"
+    assert 'http-equiv="refresh"' in pages[0]
+    final = (tmp_path / "index.html").read_text()
+    assert 'http-equiv="refresh"' not in final
+    assert "a &lt;b&gt;cat&lt;/b&gt;" in final
+    for item in summary.items:
+        assert item.task_id is not None
+        assert item.task_id in final
+        assert all(path.name in final for path in item.paths)
+
+
+async def test_a_batch_can_do_without_a_gallery(tmp_path: Path) -> None:
+    """gallery=False writes no page."""
+    async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
+        assert (await nb.run_batch(client, ["x"], tmp_path, gallery=False)).ok
+    assert not (tmp_path / "index.html").exists()

@@ -16,7 +16,7 @@ import pytest
 from anyio.streams.text import TextReceiveStream
 
 import nanobanana_async as nb
-from nanobanana_async._cli import main
+from nanobanana_async.cli import main
 from nanobanana_async.testing import Emulator
 
 from ._helpers import (
@@ -357,7 +357,7 @@ async def test_without_rich_a_terminal_gets_plain_lines(tmp_path: Path) -> None:
     """Without rich the command still works on a terminal, printing plain lines."""
     prompts = write_prompts(tmp_path / "prompts.txt", 3)
     code = (
-        "import sys; sys.modules['rich'] = None; from nanobanana_async._cli import main; "
+        "import sys; sys.modules['rich'] = None; from nanobanana_async.cli import main; "
         f"raise SystemExit(main(['batch', {str(prompts)!r}, '--out', {str(tmp_path / 'out')!r}]))"
     )
     async with Emulator(speed=1000, image_downscale=8) as emu:
@@ -399,3 +399,34 @@ async def test_the_console_script_is_installed() -> None:
     result = await anyio.run_process([script, "--version"], check=False)
     assert result.returncode == 0
     assert result.stdout.decode().strip() == f"nanobanana-async {nb.__version__}"
+
+
+async def test_the_demo_writes_a_gallery_and_gallery_rebuilds_it(tmp_path: Path) -> None:
+    """The demo leaves index.html beside its images; `nanobanana gallery DIR` writes it again."""
+    folder = tmp_path / "demo"
+    result = await run_cli("demo", "--out", str(folder), env=cli_env(poll_speed=None))
+    assert result.returncode == 0, err(result)
+    page = folder / "index.html"
+    assert all(path.name in page.read_text() for path in folder.glob("*.png"))
+    assert "index.html" in out(result)
+    # The demo's journal was temporary: rebuild from a batch of our own instead.
+    async with Emulator(speed=1000, image_downscale=8) as emu:
+        prompts = tmp_path / "prompts.txt"
+        prompts.write_text("a cat\na dog\n")
+        batch = await run_cli("batch", str(prompts), "--out", str(tmp_path / "b"), env=cli_env(emu))
+        assert batch.returncode == 0, err(batch)
+    (tmp_path / "b" / "index.html").unlink()
+    rebuilt = await run_cli("gallery", str(tmp_path / "b"), env=cli_env(poll_speed=None))
+    assert rebuilt.returncode == 0, err(rebuilt)
+    html = (tmp_path / "b" / "index.html").read_text()
+    assert "a cat" in html
+    assert "a dog" in html
+    assert out(rebuilt).strip() == str((tmp_path / "b" / "index.html").resolve())
+
+
+async def test_gallery_of_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
+    """`nanobanana gallery` on a folder that does not exist says so in one line, exit 2."""
+    result = await run_cli("gallery", str(tmp_path / "nope"), env=cli_env(poll_speed=None))
+    assert result.returncode == 2
+    assert "nope" in err(result)
+    assert len(err(result).strip().splitlines()) == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import nanobanana_async as nb
-from nanobanana_async.testing import Emulator, png_size
+from nanobanana_async.testing import Emulator, Fault, png_size
 
 from ._helpers import emulator, make_client, png_dimensions
 
@@ -148,3 +148,40 @@ async def test_a_non_http_result_url_raises_protocol_error(client: nb.Client) ->
     """A result URL that is not http(s) raises ProtocolError instead of being fetched."""
     with pytest.raises(nb.ProtocolError, match="not http"):
         await client.download(nb.GeneratedImage(url="file:///etc/passwd"))
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.status(503), Fault.drop_before(), Fault.rate_limit(retry_after=0.01)],
+    ids=["503", "dropped", "429"],
+)
+async def test_a_failed_download_is_retried_under_the_retry_policy(
+    fault: Fault, tmp_path: Path
+) -> None:
+    """A download failing with a 5xx, a dropped connection or a 429 is tried again, and saved."""
+    events: list[nb.RetryEvent] = []
+    async with emulator() as emu, make_client(emu) as client:
+        client.add_retry_listener(events.append)
+        result = await client.generate("a banana cat")
+        first = emu.faults.inject(fault, endpoint="file", times=2)
+        path = await result.images[0].save(tmp_path / "cat")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        second = emu.faults.inject(fault, endpoint="file", times=1)
+        assert (await result.images[0].read())[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (first.fired, second.fired) == (2, 1)
+    # (aiohttp itself repeats a GET once on a reused connection the server dropped.)
+    assert events
+    assert all(event.endpoint == "download" for event in events)
+    assert _names(tmp_path) == ["cat.png"]
+
+
+async def test_a_download_gives_up_after_the_allowed_tries(tmp_path: Path) -> None:
+    """Downloads failing every time raise their error after RetryPolicy.attempts tries."""
+    retry = nb.RetryPolicy(attempts=3, sleep=False)
+    async with emulator() as emu, make_client(emu, retry=retry) as client:
+        result = await client.generate("a banana cat")
+        handle = emu.faults.inject(Fault.status(500), endpoint="file")
+        with pytest.raises(nb.ServerError):
+            await result.images[0].save(tmp_path / "cat")
+    assert handle.fired == 3
+    assert _names(tmp_path) == []

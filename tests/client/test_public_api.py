@@ -40,7 +40,7 @@ def test_all_is_complete() -> None:
 
 
 def test_the_design_names_are_exported() -> None:
-    """The names DESIGN.md promises are all public."""
+    """The names of the documented public surface are all public."""
     promised = {
         "Client", "Task", "TaskSnapshot", "TaskStatus", "TaskResult", "GeneratedImage",
         "GenerationRequest", "Timeouts", "RetryPolicy", "PollPolicy", "Limiter",

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import html
+import json
 import logging
+import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 import nanobanana_async as nb
+from nanobanana_async._config import Timeouts
+from nanobanana_async._transport import Transport
 from nanobanana_async.testing import Fault
 
 from ._helpers import dead_port, emulator, make_client
@@ -139,3 +148,114 @@ async def test_a_server_echoing_the_key_does_not_leak_it() -> None:
     for error in (denied.value, failed.value):
         _assert_clean(*_texts(error))
         _assert_clean(repr(getattr(error, "body", None)), getattr(error, "message", ""))
+
+
+async def _no_gate(kind: str) -> None:
+    return None
+
+
+def _transport(key: str) -> Transport:
+    return Transport(
+        api_key=key,
+        base_url="http://127.0.0.1:9",
+        timeouts=Timeouts(),
+        max_connections=1,
+        session=None,
+        proxy=None,
+        ssl=None,
+        gate=_no_gate,
+    )
+
+
+def _forms(key: str) -> list[str]:
+    """The key as servers echo it: raw, JSON with / escaped, \\u escapes, URL, HTML, nested."""
+    return [
+        key,
+        json.dumps(key).replace("/", "\\/"),
+        json.dumps(key, ensure_ascii=True).replace("/", "\\u002F").replace("+", "\\u002b"),
+        urllib.parse.quote(key, safe=""),
+        re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), urllib.parse.quote(key, safe="")),
+        urllib.parse.quote(urllib.parse.quote(key, safe=""), safe=""),
+        urllib.parse.quote_plus(key),
+        "".join(f"&#{ord(c)};" for c in key),
+        "".join(f"&#x{ord(c):X};" for c in key),
+        html.escape(key),
+        json.dumps(json.dumps(key.replace("/", "\\/"))),
+    ]
+
+
+@given(
+    key=st.text(alphabet=st.sampled_from("abcXYZ019-_./+="), min_size=8, max_size=40).filter(
+        lambda k: k.strip()
+    ),
+    before=st.text(max_size=10),
+    after=st.text(max_size=10),
+)
+def test_every_escaped_form_of_the_key_is_redacted(key: str, before: str, after: str) -> None:
+    """Transport.redact removes the key in raw, JSON-, URL- and HTML-escaped forms alike."""
+    transport = _transport(key)
+    for form in _forms(key):
+        text = f"{before}Bearer {form}{after}"
+        assert "[redacted]" in transport.redact(text)
+        assert b"[redacted]" in transport.redact_bytes(text.encode())
+        decoded = json.loads(form) if form.startswith('"') else form
+        while isinstance(decoded, str) and decoded.startswith('"'):
+            decoded = json.loads(decoded)
+        assert key not in transport.redact(f"{before}{decoded}{after}")
+
+
+@asynccontextmanager
+async def raw_server(reply: bytes) -> AsyncIterator[str]:
+    """A TCP server answering every request with *reply* ({auth} replaced by its Authorization)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        auth = b""
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"authorization:"):
+                auth = line.split(b":", 1)[1].strip()
+        writer.write(reply.replace(b"{auth}", auth))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+SLASHED = "sk-abc/def+ghi=="
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"HTTP/1.1 abc {auth}\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Echo {auth}\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Echo: {auth}\r\n\r\n{"da',
+    ],
+)
+async def test_no_chained_aiohttp_error_carries_the_key(reply: bytes) -> None:
+    """Malformed answers raise errors whose whole chain (request_info too) holds no key."""
+    retry = nb.RetryPolicy(attempts=2, sleep=False)
+    async with (
+        raw_server(reply) as base_url,
+        nb.Client(SLASHED, base_url=base_url, retry=retry) as client,
+    ):
+        with pytest.raises(nb.NanoBananaError) as polled:
+            await client.get("3-some-task")
+        with pytest.raises(nb.NanoBananaError) as created:
+            await client.submit("a banana cat")
+    for error in (polled.value, created.value):
+        for text in _texts(error):
+            for form in _forms(SLASHED):
+                assert form not in text
+        current: BaseException | None = error
+        while current is not None:
+            info = getattr(current, "request_info", None)
+            assert info is None or "Authorization" not in info.headers
+            current = current.__cause__ or current.__context__

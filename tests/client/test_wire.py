@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nanobanana_async as nb
-from nanobanana_async._wire import decode_snapshot, parse_retry_after
+from nanobanana_async._wire import CappedBody, decode_snapshot, parse_retry_after
 
 NOW = 1_700_000_000.0
 
@@ -240,7 +240,7 @@ def _raises(status: int, body: bytes | str, header: str | None = None) -> nb.Nan
 def test_json_error_shapes_map_to_typed_errors(
     status: int, body: dict[str, Any], error: type[nb.APIStatusError], message: str
 ) -> None:
-    """Each JSON error shape of API.md §3 raises its typed error with the server's message."""
+    """Each JSON error shape of docs/api.md §3 raises its typed error with the server's message."""
     raised = _raises(status, json.dumps(body))
     assert type(raised) is error
     assert isinstance(raised, nb.APIStatusError)
@@ -363,3 +363,60 @@ def test_a_missing_id_is_filled_from_the_polled_task_id() -> None:
     assert snapshot.id == "3-abc"
     assert snapshot.status is nb.TaskStatus.FAILED
     assert snapshot.failure_reason == "error"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ({"code": -1, "msg": "failed to generate image"}, nb.BadRequestError),
+        ({"success": False, "message": "prompt exceeds the token limit"}, nb.BadRequestError),
+        ({"code": 10001, "msg": "moderation rejected the prompt"}, nb.BadRequestError),
+        ({"code": -1, "msg": "Rate limit reached, slow down"}, nb.RateLimitError),
+        ({"code": -1, "msg": "Insufficient credits: top up"}, nb.InsufficientCreditsError),
+        ({"code": -1, "msg": "invalid API key"}, nb.AuthenticationError),
+        ({"code": -1, "msg": "task not found"}, nb.NotFoundError),
+        ({"code": 500, "msg": "insufficient credits upstream"}, nb.ServerError),
+    ],
+)
+def test_a_message_refines_a_generic_code_only_by_an_unambiguous_phrase(
+    body: dict[str, Any], error: type[nb.APIStatusError]
+) -> None:
+    """A loose word ("rate" in "generate", "token") never picks the error type; a phrase may."""
+    assert type(_raises(200, json.dumps(body))) is error
+
+
+def test_a_create_answered_already_failed_decodes_as_a_failed_task() -> None:
+    """An error envelope holding a failed task object decodes to that failed task, not an error."""
+    body = {
+        "code": 500,
+        "msg": "failed to generate image",
+        "data": {"id": "3-abc", "status": "failed", "failure_reason": "error", "results": []},
+    }
+    snapshot = decode_snapshot(200, json.dumps(body).encode())
+    assert snapshot.status is nb.TaskStatus.FAILED
+    assert snapshot.id == "3-abc"
+    assert snapshot.failure_reason == "error"
+
+
+def test_a_poll_answer_about_another_task_is_a_protocol_error() -> None:
+    """A poll answer whose id differs from the polled task's raises ProtocolError."""
+    body = json.dumps({"data": {**TASK, "id": "3-other"}}).encode()
+    with pytest.raises(nb.ProtocolError, match="3-other"):
+        decode_snapshot(200, body, task_id="3-abc")
+    assert decode_snapshot(200, body, task_id="3-other").id == "3-other"
+
+
+@pytest.mark.parametrize("task_id", ["../x", "a/b", "a\\b", "..", " . ", "a\tb", "x" * 600])
+def test_a_created_task_id_unfit_for_file_names_is_a_protocol_error(task_id: str) -> None:
+    """A create answer's id holding a path separator, control characters or only dots is refused."""
+    body = json.dumps({"data": {**TASK, "id": task_id}}).encode()
+    with pytest.raises(nb.ProtocolError, match="unusable task id"):
+        decode_snapshot(200, body)
+
+
+def test_an_answer_cut_at_the_reply_cap_is_a_protocol_error_on_success_only() -> None:
+    """A 2xx answer cut at max_reply_bytes raises ProtocolError; a cut 429 stays RateLimitError."""
+    cut = CappedBody(b'{"data": {"id": "3-abc", "status": "runn', limit=40)
+    with pytest.raises(nb.ProtocolError, match="larger than 40 bytes"):
+        decode_snapshot(200, cut)
+    assert isinstance(_raises(429, CappedBody(b"<html>slow down", limit=15)), nb.RateLimitError)

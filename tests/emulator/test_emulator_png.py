@@ -23,7 +23,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-# Copied from API.md section 3 rather than from the emulator, so both must agree.
+# Copied from docs/api.md section 3 rather than from the emulator, so both must agree.
 TABLE = [
     ("1:1", "1K", (1024, 1024)),
     ("auto", "2K", (2048, 2048)),
@@ -46,7 +46,7 @@ TABLE = [
 def test_png_size_matches_the_documented_table(
     ratio: str, size: str, expected: tuple[int, int]
 ) -> None:
-    """png_size gives API.md's pixel size for each documented ratio and size."""
+    """png_size gives docs/api.md's pixel size for each documented ratio and size."""
     assert png_size(ratio, size) == expected
 
 
@@ -78,7 +78,7 @@ async def _served_png(session: aiohttp.ClientSession, emu: Emulator, **overrides
 
 
 async def test_served_pngs_have_the_documented_sizes(session: aiohttp.ClientSession) -> None:
-    """Served PNGs carry API.md's pixel size (divided by image_downscale) in their IHDR."""
+    """Served PNGs carry docs/api.md's pixel size (divided by image_downscale) in their IHDR."""
     cases = [
         ("auto", "1K", (1024, 1024)),
         ("16:9", "2K", (2752, 1536)),

@@ -65,14 +65,14 @@ async def run_batches(
     """
     async with Emulator(speed=1000, image_downscale=8) as emu:
         async with fast_client(emu) as client:
-            done = await nb.run_batch(client, DONE, folder, on_event=on_event)
+            done = await nb.run_batch(client, DONE, folder, on_event=on_event, gallery=False)
             emu.faults.inject(Fault.drop_after(), endpoint="create", times=1)
-            uncertain = await nb.run_batch(client, [*DONE, UNCERTAIN], folder)
+            uncertain = await nb.run_batch(client, [*DONE, UNCERTAIN], folder, gallery=False)
     async with Emulator(
         speed=1000, image_downscale=8, failure_rate=1.0, failure_reasons=["output_moderation"]
     ) as emu:
         async with fast_client(emu) as client:
-            failed = await nb.run_batch(client, [*DONE, UNCERTAIN, FAILED], folder)
+            failed = await nb.run_batch(client, [*DONE, UNCERTAIN, FAILED], folder, gallery=False)
     return BatchRuns(folder, done, uncertain, failed)
 
 

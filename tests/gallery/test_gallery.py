@@ -211,7 +211,7 @@ async def test_a_missing_image_is_reported_instead_of_a_broken_thumbnail(runs: B
 
 
 def test_unreadable_journal_lines_are_skipped(tmp_path: Path) -> None:
-    """Torn, non-JSON, wrongly typed and unknown-state lines are skipped; good ones still show."""
+    """Garbled, wrongly typed or unknown-state lines are skipped, as the batch skips them."""
     good = {"key": "k1", "position": 0, "state": "failed", "prompt": "fine", "error": "boom"}
     lines = [
         b"not json\n",
@@ -219,7 +219,8 @@ def test_unreadable_journal_lines_are_skipped(tmp_path: Path) -> None:
         json.dumps({"key": "k2", "position": "zero", "state": "failed"}).encode() + b"\n",
         json.dumps({"key": "k3", "position": 1, "state": "exploded"}).encode() + b"\n",
         json.dumps({"key": "k4", "position": True, "state": "failed"}).encode() + b"\n",
-        json.dumps({**good, "cost": "many", "files": "x.png", "time": "noon"}).encode() + b"\n",
+        json.dumps({**good, "key": "k6", "cost": "many", "files": "x.png"}).encode() + b"\n",
+        json.dumps(good).encode() + b"\n",
         b'{"key": "k5", "position": 2, "sta',
     ]
     (tmp_path / "journal.jsonl").write_bytes(b"".join(lines))
