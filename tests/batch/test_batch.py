@@ -13,7 +13,7 @@ from nanobanana_async._batch import slugify
 from nanobanana_async._journal import legacy_key, request_key
 from nanobanana_async.testing import Emulator, Fault
 
-from ._helpers import fast_client, journal_lines, last_states, pngs, wait_until
+from ._helpers import fast_client, held_emulator, journal_lines, last_states, pngs, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -89,7 +89,8 @@ async def test_a_rerun_skips_finished_items(tmp_path: Path) -> None:
 async def test_a_stopped_batch_resumes_by_attaching_to_its_running_tasks(tmp_path: Path) -> None:
     """stop() leaves tasks running in the journal; the rerun awaits them by id, never re-sent."""
     prompts = [f"slow {i}" for i in range(4)]
-    async with Emulator(speed=1000, duration=300, image_downscale=8) as emu:
+    # Held running by the emulator until the second run: none can end before stop().
+    async with held_emulator(duration=20) as (emu, hold):
         async with fast_client(emu, max_concurrency=4) as client:
             batch = nb.Batch(client, prompts, tmp_path)
             submitted: list[str] = []
@@ -105,6 +106,7 @@ async def test_a_stopped_batch_resumes_by_attaching_to_its_running_tasks(tmp_pat
         assert first.running == 4
         assert first.pending == 0
         assert set(last_states(tmp_path / "journal.jsonl").values()) == {"running"}
+        hold.release()
         async with fast_client(emu) as client:
             events: list[nb.BatchEvent] = []
             second = await nb.run_batch(client, prompts, tmp_path, on_event=events.append)
@@ -235,9 +237,15 @@ async def test_unreadable_items_fail_at_their_position_and_the_rest_runs(tmp_pat
 
 async def test_events_can_be_iterated_and_the_summary_is_kept(tmp_path: Path) -> None:
     """Batch.events() yields progress and one outcome per item, then sets Batch.summary."""
-    async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
+    # Each task is held running until its first progress event is out: a busy machine cannot
+    # let a task end before the batch has seen it running.
+    async with held_emulator() as (emu, hold), fast_client(emu) as client:
         batch = nb.Batch(client, ["a", "b"], tmp_path)
-        events = [event async for event in batch.events()]
+        events: list[nb.BatchEvent] = []
+        async for event in batch.events():
+            events.append(event)
+            if event.kind is K.PROGRESS and event.task_id is not None:
+                hold.release(event.task_id)
     assert batch.summary is not None
     assert batch.summary.ok
     assert {event.kind for event in events} >= {K.SUBMITTED, K.PROGRESS, K.SUCCEEDED}
@@ -248,13 +256,23 @@ async def test_events_can_be_iterated_and_the_summary_is_kept(tmp_path: Path) ->
 
 async def test_retries_and_rate_limits_are_reported_as_events(tmp_path: Path) -> None:
     """Poll retries become 'retrying' events and 429s 'rate_limited' ones, with the position."""
-    async with Emulator(speed=1000, image_downscale=8) as emu:
-        emu.faults.inject(Fault.rate_limit(retry_after=0), endpoint="result", times=1)
-        emu.faults.inject(Fault.status(503), endpoint="result", times=1)
+    # The faults go in once the batch follows its task (its first progress event), and the task
+    # is held running until the retries are over: which polls fail does not depend on timing.
+    async with held_emulator() as (emu, hold):
         async with fast_client(emu) as client:
             events: list[nb.BatchEvent] = []
-            summary = await nb.run_batch(client, ["patience"], tmp_path, on_event=events.append)
+
+            def on_event(event: nb.BatchEvent) -> None:
+                if event.kind is K.PROGRESS and not any(e.kind is K.PROGRESS for e in events):
+                    emu.faults.inject(Fault.rate_limit(retry_after=0), endpoint="result", times=1)
+                    emu.faults.inject(Fault.status(503), endpoint="result", times=1)
+                if event.kind is K.RETRYING:
+                    hold.release()
+                events.append(event)
+
+            summary = await nb.run_batch(client, ["patience"], tmp_path, on_event=on_event)
     assert summary.ok
+    assert emu.faults.fired_total == 2
     kinds = [event.kind for event in events if event.kind in (K.RETRYING, K.RATE_LIMITED)]
     assert kinds == [K.RATE_LIMITED, K.RETRYING]
     retries = [event for event in events if event.kind in (K.RETRYING, K.RATE_LIMITED)]
@@ -305,7 +323,8 @@ async def test_the_journal_can_live_elsewhere_and_holds_no_secret(tmp_path: Path
 
 async def test_one_journal_serves_one_batch_at_a_time(tmp_path: Path) -> None:
     """While a batch runs, another on its journal is refused before sending anything."""
-    async with Emulator(speed=1000, duration=200, image_downscale=8) as emu:
+    # Held running by the emulator: the first batch is still running when the second starts.
+    async with held_emulator(duration=20) as (emu, hold):
         async with fast_client(emu) as client:
             running = nb.Batch(client, ["slow"], tmp_path)
             other = nb.Batch(client, ["slow"], tmp_path)
@@ -315,6 +334,7 @@ async def test_one_journal_serves_one_batch_at_a_time(tmp_path: Path) -> None:
                 await wait_until(lambda: bool(events))
                 with pytest.raises(nb.InvalidRequestError, match="in use by another"):
                     await other.run()
+                hold.release()
             assert emu.ledger.creates_received == 1
             # Once the run ended, the journal is free again.
             again = await nb.run_batch(client, ["slow"], tmp_path)

@@ -9,7 +9,7 @@ import pytest
 import nanobanana_async as nb
 from nanobanana_async.testing import Emulator
 
-from ._helpers import emulator, make_client
+from ._helpers import emulator, held_emulator, make_client
 
 pytestmark = pytest.mark.anyio
 
@@ -196,13 +196,19 @@ async def test_as_completed_yields_every_task_once_terminal(
 
 async def test_as_completed_yields_in_finishing_order() -> None:
     """as_completed() yields a quick task before a slow one submitted earlier."""
-    # At speed 100 a pro 4K task takes 0.5-0.7 s and a fast one 0.04-0.1 s: the gap is wide.
-    async with emulator(speed=100.0) as emu, make_client(emu, speed=100.0) as client:
+    # The emulator holds both running; the test lets the quick one (submitted second) end
+    # first, and the slow one only once the quick one has been yielded.
+    async with held_emulator() as (emu, hold), make_client(emu) as client:
         requests = [
             nb.GenerationRequest(prompt="slow", model="nano-banana-pro", image_size="4K"),
             nb.GenerationRequest(prompt="quick", model="nano-banana-fast"),
         ]
-        order = [(await task).images[0].content async for task in client.as_completed(requests)]
+        order: list[str | None] = []
+
+        hold.release(lambda task_id: emu.tasks[task_id].prompt == "quick")
+        async for task in client.as_completed(requests):
+            order.append((await task).images[0].content)
+            hold.release()  # now the slow one may end too
     assert order == ["quick", "slow"]
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import nanobanana_async as nb
 
-from ._helpers import emulator, make_client
+from ._helpers import emulator, held_emulator, make_client
 
 pytestmark = pytest.mark.anyio
 
@@ -76,8 +76,9 @@ async def test_await_task_is_wait(client: nb.Client) -> None:
 
 async def test_wait_timeout_raises_and_the_task_stays_usable() -> None:
     """wait(timeout=) raises TaskTimeoutError with task_id; the task stays tracked and awaitable."""
-    # 200 emulated seconds at speed 1000: the task cannot end before 0.2 s of real time.
-    async with emulator(duration=200.0) as emu, make_client(emu) as client:
+    # Held running by the emulator until released: it cannot end within the timeout, whatever
+    # the load on the machine.
+    async with held_emulator(duration=20.0) as (emu, hold), make_client(emu) as client:
         task = await client.submit("a slow banana")
         with pytest.raises(nb.TaskTimeoutError) as info:
             await task.wait(timeout=0.02)
@@ -89,6 +90,7 @@ async def test_wait_timeout_raises_and_the_task_stays_usable() -> None:
         assert client.in_flight == 1
         assert task.snapshot.status is nb.TaskStatus.RUNNING
 
+        hold.release()
         result = await task.wait()
     assert result.task_id == task.id
     assert result.snapshot.status is nb.TaskStatus.SUCCEEDED
@@ -96,7 +98,7 @@ async def test_wait_timeout_raises_and_the_task_stays_usable() -> None:
 
 async def test_wait_timeout_leaves_other_waiters_alone() -> None:
     """One waiter's timeout does not disturb another waiter on the same task."""
-    async with emulator(duration=200.0) as emu, make_client(emu) as client:
+    async with held_emulator(duration=20.0) as (emu, hold), make_client(emu) as client:
         task = await client.submit("a slow banana")
         outcomes: list[object] = []
 
@@ -107,6 +109,8 @@ async def test_wait_timeout_leaves_other_waiters_alone() -> None:
             group.start_soon(patient)
             with pytest.raises(nb.TaskTimeoutError):
                 await task.wait(timeout=0.01)
+            assert outcomes == []
+            hold.release()
     assert len(outcomes) == 1
     assert isinstance(outcomes[0], nb.TaskResult)
 
@@ -154,7 +158,9 @@ async def test_generate_raises_task_failed_error() -> None:
 
 async def test_progress_is_observed_between_submit_and_end() -> None:
     """updates() shows intermediate progress for a long smooth task, never going backwards."""
-    async with emulator(duration=300.0) as slow, make_client(slow) as client:
+    # 1,000 emulated seconds at speed 1000: a full real second for the client's first polls
+    # (due a few milliseconds after the submit) to find the task part-way, even on a busy machine.
+    async with emulator(duration=1000.0) as slow, make_client(slow) as client:
         task = await client.submit("a banana cat")
         stream = await _collect(task)
     middle = [s.progress for s in stream if s.status is nb.TaskStatus.RUNNING]

@@ -142,7 +142,8 @@ async def test_delay_answers_late_but_normally(session: aiohttp.ClientSession) -
 async def test_a_delayed_create_is_charged_even_if_the_client_gives_up() -> None:
     """A create slower than the client's patience is still processed and charged, as upstream."""
     async with Emulator() as emu:
-        handle = emu.faults.inject(Fault.delay(0.2), endpoint="create")
+        # The answer cannot come before 1 s: the 0.05 s timeout fires first, even on a busy machine.
+        handle = emu.faults.inject(Fault.delay(1.0), endpoint="create")
         timeout = aiohttp.ClientTimeout(total=0.05)
         async with aiohttp.ClientSession(timeout=timeout) as impatient:
             with pytest.raises(asyncio.TimeoutError):  # TimeoutError from 3.11 on

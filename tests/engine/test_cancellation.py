@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import anyio
 import anyio.lowlevel
@@ -16,6 +17,8 @@ from ._helpers import (
     assert_no_resource_warning,
     client_for,
     established_to,
+    gated_emulator,
+    held_emulator,
     no_task_left_behind,
     port_of,
     records,
@@ -27,6 +30,12 @@ pytestmark = pytest.mark.anyio
 
 #: Emulated seconds that keep a task running for the whole test (100 s of real time).
 FOREVER = 100_000.0
+
+
+async def cancel_when(condition: Callable[[], bool], scope: anyio.CancelScope) -> None:
+    """Cancel *scope* as soon as ``condition()`` holds (an event, not a timer)."""
+    await wait_for(condition)
+    scope.cancel()
 
 
 class StoreLimiter(nb.BaseLimiter):
@@ -68,13 +77,13 @@ async def test_task_deadline_raises_and_frees_the_slot() -> None:
             with pytest.raises(nb.TaskTimeoutError):
                 async for _ in task.updates():
                     pass
-            with anyio.fail_after(1):  # the only slot is free again
+            with anyio.fail_after(10):  # the only slot is free again (else this would hang)
                 await client.submit("next")
 
 
 async def test_wait_timeout_leaves_the_task_tracked() -> None:
     """wait(timeout=...) raises TaskTimeoutError but the task stays tracked and can be awaited."""
-    async with Emulator(speed=SPEED, duration=300.0) as emu:
+    async with held_emulator(duration=20.0) as (emu, hold):
         async with client_for(emu) as client:
             task = await client.submit("take your time")
             with pytest.raises(nb.TaskTimeoutError) as caught:
@@ -82,6 +91,7 @@ async def test_wait_timeout_leaves_the_task_tracked() -> None:
             assert caught.value.task_id == task.id
             assert client.in_flight == 1
             assert slots(client) == 1
+            hold.release()
             result = await task.wait()
             assert result.task_id == task.id
             assert slots(client) == 0
@@ -89,7 +99,7 @@ async def test_wait_timeout_leaves_the_task_tracked() -> None:
 
 async def test_cancelling_a_wait_touches_nothing_else() -> None:
     """A wait() cancelled by a timeout scope leaves the task running for its other waiters."""
-    async with Emulator(speed=SPEED, duration=200.0) as emu:
+    async with held_emulator(duration=20.0) as (emu, hold):
         async with client_for(emu) as client:
             task = await client.submit("shared")
             results: list[nb.TaskResult] = []
@@ -101,6 +111,8 @@ async def test_cancelling_a_wait_touches_nothing_else() -> None:
                 group.start_soon(patient)
                 with anyio.move_on_after(0.02) as scope:
                     await task.wait()
+                assert not task.done()
+                hold.release()
             assert scope.cancelled_caught
             assert results[0].task_id == task.id
             assert client.in_flight == 0
@@ -110,7 +122,7 @@ async def test_cancelling_a_wait_touches_nothing_else() -> None:
 
 async def test_cancelling_an_updates_loop_touches_nothing_else() -> None:
     """An updates() loop cancelled mid-way leaves the task and a second follower unharmed."""
-    async with Emulator(speed=SPEED, duration=200.0) as emu:
+    async with held_emulator(duration=200.0) as (emu, hold):
         async with client_for(emu) as client:
             task = await client.submit("followed")
             first: list[nb.TaskSnapshot] = []
@@ -127,6 +139,9 @@ async def test_cancelling_an_updates_loop_touches_nothing_else() -> None:
                 cut = anyio.CancelScope()
                 group.start_soon(follow, first, cut)
                 group.start_soon(follow, second, anyio.CancelScope())
+                # The task cannot be seen to end before the first loop is cut.
+                await wait_for(lambda: cut.cancel_called)
+                hold.release()
             assert cut.cancelled_caught
             assert not first[-1].is_terminal
             assert second[-1].status is nb.TaskStatus.SUCCEEDED
@@ -139,18 +154,22 @@ async def test_cancelling_an_updates_loop_touches_nothing_else() -> None:
 
 async def test_cancelling_a_submit_mid_create_never_loses_the_task() -> None:
     """A submit cancelled while its create is on the wire leaves the created task tracked."""
-    async with Emulator(speed=SPEED, duration=300.0) as emu:
-        emu.faults.inject(Fault.delay(0.2), endpoint="create", times=1)
+    async with gated_emulator(duration=20.0) as (emu, gate, hold):
         async with client_for(emu, max_concurrency=2) as client:
-            with anyio.move_on_after(0.05) as scope:
-                await client.submit("cancelled caller")
+            async with anyio.create_task_group() as group:
+                with anyio.CancelScope() as scope:
+                    group.start_soon(cancel_when, lambda: gate.waiting == 1, scope)
+                    await client.submit("cancelled caller")
             assert scope.cancelled_caught
             assert slots(client) == 1  # the create on the wire holds its slot
+            assert client.in_flight == 0
+            gate.open()
             await wait_for(lambda: client.in_flight == 1)
             (task_id,) = emu.tasks
             task = client.task(task_id)
             assert client.in_flight == 1  # attaching found the tracked task
             assert slots(client) == 1
+            hold.release()
             result = await task.wait()
             assert result.task_id == task_id
             assert client.in_flight == 0
@@ -162,13 +181,14 @@ async def test_cancelling_a_submit_mid_create_never_loses_the_task() -> None:
 
 async def test_cancelling_a_submit_waiting_for_a_slot_sends_nothing() -> None:
     """A submit cancelled while queued in the limiter sends no create and reserves nothing."""
-    async with Emulator(speed=SPEED, duration=200.0) as emu:
+    async with held_emulator(duration=20.0) as (emu, hold):
         async with client_for(emu, max_concurrency=1, max_credits=1000) as client:
             holder = await client.submit("holds the slot")
             with anyio.move_on_after(0.02) as scope:
                 await client.submit("queued")
             assert scope.cancelled_caught
             assert client.credits.reserved == 0
+            hold.release()
             await holder.wait()
             assert slots(client) == 0
         assert len(records(emu, "create")) == 1
@@ -178,10 +198,15 @@ async def test_cancelling_a_submit_in_its_retry_backoff_frees_the_slot() -> None
     """A submit cancelled in its backoff before a create retry sends no more and frees its slot."""
     async with Emulator(speed=SPEED) as emu:
         emu.faults.inject(Fault.status(503), endpoint="create")
+        events: list[nb.RetryEvent] = []
         retry = nb.RetryPolicy(initial_backoff=5.0, jitter=False, resend_on_503=True)
         async with client_for(emu, retry=retry, max_credits=1000) as client:
-            with anyio.move_on_after(0.1) as scope:
-                await client.submit("backing off")
+            client.add_retry_listener(events.append)
+            async with anyio.create_task_group() as group:
+                with anyio.CancelScope() as scope:
+                    # Cancelled once the 503 is in: the submit is in its 5 s backoff.
+                    group.start_soon(cancel_when, lambda: bool(events), scope)
+                    await client.submit("backing off")
             assert scope.cancelled_caught
             assert slots(client) == 0
             assert client.credits.reserved == 0
@@ -236,8 +261,7 @@ async def test_closing_the_client_frees_everything() -> None:
 
 async def test_closing_the_client_during_a_create() -> None:
     """aclose() while a create is on the wire ends that submit with an error, not CancelledError."""
-    async with Emulator(speed=SPEED) as emu:
-        emu.faults.inject(Fault.delay(0.5), endpoint="create", times=1)
+    async with gated_emulator() as (emu, gate, _):
         async with no_task_left_behind():
             client = client_for(emu, max_concurrency=2)
             outcome: list[BaseException] = []
@@ -250,12 +274,12 @@ async def test_closing_the_client_during_a_create() -> None:
 
             async with anyio.create_task_group() as group:
                 group.start_soon(submit)
-                await wait_for(lambda: slots(client) == 1)
-                await anyio.sleep(0.05)  # the create is now waiting on the emulator
+                await wait_for(lambda: gate.waiting == 1)  # the create waits on the emulator
                 await client.aclose()
             assert len(outcome) == 1
             assert isinstance(outcome[0], (nb.ClientClosedError, nb.SubmitUncertainError)), outcome
             assert slots(client) == 0
+            gate.open()  # the emulator's handler then finds the connection gone, and ends
     assert_no_resource_warning()
 
 

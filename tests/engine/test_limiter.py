@@ -8,29 +8,42 @@ import pytest
 import nanobanana_async as nb
 from nanobanana_async.testing import Emulator
 
-from ._helpers import SPEED, client_for, slots
+from ._helpers import SPEED, client_for, held_emulator, slots, wait_for
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.slow
 async def test_map_of_two_thousand_never_passes_max_concurrency() -> None:
-    """A 2,000-task map with max_concurrency=16 never has more than 16 tasks running upstream."""
+    """A 2,000-task map with max_concurrency=16 fills its 16 slots and never runs more upstream."""
     cap = 16
-    async with Emulator(speed=SPEED, credits=None) as emu:
+    async with held_emulator(credits=None) as (emu, hold):
         async with client_for(emu, max_concurrency=cap) as client:
-            prompts = (f"fan {i}" for i in range(2000))  # lazily, as a generator
-            results = await client.map(
-                nb.GenerationRequest(prompt=p, model="nano-banana-fast") for p in prompts
-            )
-            assert slots(client) == 0
             limiter = client.limiter
             assert isinstance(limiter, nb.Limiter)
+            prompts = (f"fan {i}" for i in range(2000))  # lazily, as a generator
+            results: list[nb.TaskResult] = []
+
+            async def fan_out() -> None:
+                fast = "nano-banana-fast"
+                requests = (nb.GenerationRequest(prompt=p, model=fast) for p in prompts)
+                results.extend(await client.map(requests))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(fan_out)
+                # While no task can be seen to end, the map fills every slot and then waits.
+                await wait_for(lambda: emu.ledger.creates_received == cap)
+                # Every one of them has ended upstream and was polled since: still no 17th.
+                await wait_for(lambda: len(hold.hidden) == cap)
+                assert limiter.in_flight == cap
+                assert emu.ledger.creates_received == cap
+                hold.release()
+            assert slots(client) == 0
             assert limiter.max_in_flight == cap
         # In input order, each result the task of its own request.
         assert [emu.tasks[r.task_id].prompt for r in results] == [f"fan {i}" for i in range(2000)]
         assert emu.ledger.tasks_created == 2000
-        assert cap // 2 <= emu.ledger.max_running <= cap
+        assert emu.ledger.max_running <= cap
 
 
 async def test_as_completed_never_passes_max_concurrency() -> None:
@@ -48,10 +61,10 @@ async def test_as_completed_never_passes_max_concurrency() -> None:
 
 
 async def test_shared_limiter_caps_two_clients_together() -> None:
-    """Two clients sharing Limiter(max_concurrency=6) never have more than 6 tasks running."""
+    """Two clients sharing Limiter(max_concurrency=6) fill its 6 slots and never run more."""
     cap = 6
     limiter = nb.Limiter(max_concurrency=cap)
-    async with Emulator(speed=SPEED, credits=None) as emu:
+    async with held_emulator(credits=None) as (emu, hold):
         async with client_for(emu, limiter=limiter) as one, client_for(emu, limiter=limiter) as two:
             counts: list[int] = []
 
@@ -62,29 +75,49 @@ async def test_shared_limiter_caps_two_clients_together() -> None:
             async with anyio.create_task_group() as group:
                 group.start_soon(run, one, "one")
                 group.start_soon(run, two, "two")
+                # While no task can be seen to end, the two clients fill the shared slots.
+                await wait_for(lambda: emu.ledger.creates_received == cap)
+                await wait_for(lambda: len(hold.hidden) == cap)
+                assert limiter.in_flight == cap
+                assert emu.ledger.creates_received == cap
+                assert one.in_flight + two.in_flight == cap
+                hold.release()
             assert counts == [150, 150]
             assert one.limiter is two.limiter is limiter
         assert limiter.in_flight == 0
         assert limiter.max_in_flight == cap
         assert emu.ledger.tasks_created == 300
-        assert cap // 2 <= emu.ledger.max_running <= cap
+        assert emu.ledger.max_running <= cap
 
 
 async def test_time_queued_in_the_limiter_is_not_a_network_timeout() -> None:
-    """Submits queued behind max_concurrency=1 for longer than Timeouts(request=...) succeed."""
-    async with Emulator(speed=SPEED, duration=250.0) as emu:  # 0.25 s per task
-        timeouts = nb.Timeouts(request=0.1)
+    """A submit queued behind max_concurrency=1 for longer than Timeouts(request=...) succeeds."""
+    request_timeout = 0.5  # ample for one local exchange, even on a loaded machine
+    async with held_emulator() as (emu, hold):
+        timeouts = nb.Timeouts(request=request_timeout)
         async with client_for(emu, max_concurrency=1, timeouts=timeouts) as client:
-            results = await client.map(["first", "second", "third"])
-        assert [r.snapshot.status for r in results] == [nb.TaskStatus.SUCCEEDED] * 3
-        assert emu.ledger.creates_received == 3
+            results: list[nb.TaskResult] = []
+
+            async def fan_out() -> None:
+                results.extend(await client.map(["first", "second"]))
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(fan_out)
+                await wait_for(lambda: emu.ledger.creates_received == 1)
+                # "second" has been queued since before "first" was created: hold the slot
+                # for longer than the request timeout, so its wait in the queue exceeds it.
+                await anyio.sleep(request_timeout * 1.5)
+                assert emu.ledger.creates_received == 1
+                hold.release()
+        assert [r.snapshot.status for r in results] == [nb.TaskStatus.SUCCEEDED] * 2
+        assert emu.ledger.creates_received == 2
         assert emu.ledger.max_running == 1
 
 
 async def test_closing_one_client_frees_only_its_own_slots() -> None:
     """Closing one of two clients sharing a limiter frees its slots; the other's tasks go on."""
     limiter = nb.Limiter(max_concurrency=4)
-    async with Emulator(speed=SPEED, duration=200.0) as emu:
+    async with held_emulator(duration=20.0) as (emu, hold):
         async with client_for(emu, limiter=limiter) as staying:
             async with client_for(emu, limiter=limiter) as leaving:
                 kept = [await staying.submit(f"kept {i}") for i in range(2)]
@@ -94,6 +127,7 @@ async def test_closing_one_client_frees_only_its_own_slots() -> None:
             for task in dropped:
                 with pytest.raises(nb.ClientClosedError):
                     await task.wait()
+            hold.release()
             for task in kept:
                 assert (await task.wait()).snapshot.status is nb.TaskStatus.SUCCEEDED
             assert limiter.in_flight == 0

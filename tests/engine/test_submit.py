@@ -173,7 +173,9 @@ async def test_create_that_may_have_arrived_is_not_resent(fault: Fault, processe
 async def test_create_timeout_is_uncertain_and_not_resent() -> None:
     """A create whose answer is slower than the request timeout is uncertain, never re-sent."""
     async with Emulator(speed=SPEED) as emu:
-        slow = emu.faults.inject(Fault.delay(0.3), endpoint="create")
+        # The answer cannot come before 1 s: the 0.05 s timeout fires first even on a loaded
+        # machine, whose scheduling delays are milliseconds, not the 0.95 s between the two.
+        slow = emu.faults.inject(Fault.delay(1.0), endpoint="create")
         async with client_for(emu, timeouts=nb.Timeouts(request=0.05)) as client:
             with pytest.raises(nb.SubmitUncertainError):
                 await client.submit("slow create")
