@@ -623,6 +623,8 @@ class Batch:
         async def created(task: Task) -> None:
             # Runs inside the create attempt, which cancelling this batch does not reach: the task
             # id goes on disk before anything else happens, even if the batch is being stopped.
+            # Known at once, so that the retry events of its first polls name this item.
+            self._positions[task.id] = position
             await journal.write(
                 attrs.evolve(
                     self._record(key, position, request, "running"),

@@ -279,6 +279,24 @@ async def test_retries_and_rate_limits_are_reported_as_events(tmp_path: Path) ->
     assert all(event.position == 0 and event.wait is not None for event in retries)
 
 
+async def test_a_retry_of_the_very_first_poll_names_its_item(tmp_path: Path) -> None:
+    """A poll retried before the batch follows its task (first poll at once) has its position."""
+    async with Emulator(speed=1000, image_downscale=8) as emu:
+        emu.faults.inject(Fault.status(503), endpoint="result", times=1)
+        client = nb.Client(
+            emu.api_key,
+            base_url=emu.base_url,
+            poll=nb.PollPolicy(initial_delay=0, speed=1000),
+            retry=nb.RetryPolicy(sleep=False),
+        )
+        async with client:
+            events: list[nb.BatchEvent] = []
+            summary = await nb.run_batch(client, ["at once"], tmp_path, on_event=events.append)
+    assert summary.ok
+    retries = [event for event in events if event.kind is K.RETRYING]
+    assert [event.position for event in retries] == [0]
+
+
 async def test_a_torn_last_line_is_dropped(tmp_path: Path) -> None:
     """A journal line cut short by a crash is ignored and cut off before appending."""
     async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
