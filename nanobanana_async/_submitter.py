@@ -218,12 +218,12 @@ class Submitter:
                         raise ClientClosedError(
                             "the client closed before the create was sent"
                         ) from None
+                    # A "not sent, try again" outcome is nobody's once we leave: give it back.
+                    job.add_done_callback(self._reclaim_after_abandon(claim))
                     if not flags[0]:
                         # Nothing left yet: stop the attempt too (it settles the claim unsent).
                         job.cancel()
                         await run_to_end(asyncio.gather(job, return_exceptions=True))
-                    else:
-                        job.add_done_callback(self._reclaim_after_abandon(claim))
                     raise
                 if isinstance(outcome, Task):
                     return outcome

@@ -412,7 +412,7 @@ class Emulator:
             api_key_valid=self._ledger_of(request) is not None,
         )
         self._slots.append(None)
-        fault = self._faults._pick(endpoint)
+        fault = self._faults.pick(endpoint)
         status: int | None = None
         response: web.StreamResponse | None
         try:

@@ -226,7 +226,8 @@ class FaultInjector:
         """Remove every injection."""
         self._handles.clear()
 
-    def _pick(self, endpoint: str) -> Fault | None:
+    def pick(self, endpoint: str) -> Fault | None:
+        """Return the fault the next request on *endpoint* meets, and count it (emulator use)."""
         for handle in self._handles:
             if handle._try(endpoint):
                 self._fired_total += 1
