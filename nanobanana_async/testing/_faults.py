@@ -148,14 +148,11 @@ class FaultHandle:
     @property
     def active(self) -> bool:
         """Whether it can still fire (not removed, ``times`` not used up)."""
-        return self in self._injector._handles and (
-            self._times is None or self._fired < self._times
-        )
+        return self._injector.holds(self) and (self._times is None or self._fired < self._times)
 
     def remove(self) -> None:
         """Stop injecting; ``fired`` keeps its count. Removing twice is harmless."""
-        if self in self._injector._handles:
-            self._injector._handles.remove(self)
+        self._injector.discard(self)
 
     def _try(self, endpoint: str) -> bool:
         if self._endpoint not in ("any", endpoint):
@@ -225,6 +222,15 @@ class FaultInjector:
     def clear(self) -> None:
         """Remove every injection."""
         self._handles.clear()
+
+    def holds(self, handle: FaultHandle) -> bool:
+        """Whether *handle* is still injected (not removed)."""
+        return handle in self._handles
+
+    def discard(self, handle: FaultHandle) -> None:
+        """Remove *handle*'s injection, if it is still there."""
+        if handle in self._handles:
+            self._handles.remove(handle)
 
     def pick(self, endpoint: str) -> Fault | None:
         """Return the fault the next request on *endpoint* meets, and count it (emulator use)."""
