@@ -153,16 +153,14 @@ return result
 """
 )
 
-# KEYS: meta, leases. ARGV[4] max, ARGV[5..] leases to extend. A lease that is gone (it lapsed, or
-# the store was lost) is put back during the grace or when there is room; returns {"ok", lost...}.
-_RENEW = (
-    _PRELUDE
-    + """
-local leases = KEYS[2]
-local lease_ms, max = tonumber(ARGV[3]), tonumber(ARGV[4])
+
+def _put_back(*, first: int) -> str:
+    """Lua: extend the leases ARGV[first..], putting back any that is gone during the grace or
+    when there is room; leaves {"ok", leases that could not be put back...} in `result`."""
+    return f"""
 redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-local result = {'ok'}
-for i = 5, #ARGV do
+local result = {{'ok'}}
+for i = {first}, #ARGV do
   local w = ARGV[i]
   if redis.call('ZSCORE', leases, w) or now < grace or redis.call('ZCARD', leases) < max then
     redis.call('ZADD', leases, now + lease_ms, w)
@@ -170,6 +168,19 @@ for i = 5, #ARGV do
     result[#result + 1] = w
   end
 end
+"""
+
+
+# KEYS: meta, leases. ARGV[4] max, ARGV[5..] leases to extend. A lease that is gone (it lapsed, or
+# the store was lost) is put back during the grace or when there is room; returns {"ok", lost...}.
+_RENEW = (
+    _PRELUDE
+    + """
+local leases = KEYS[2]
+local lease_ms, max = tonumber(ARGV[3]), tonumber(ARGV[4])
+"""
+    + _put_back(first=5)
+    + """
 return result
 """
 )
@@ -177,7 +188,8 @@ return result
 # KEYS: meta, leases, op. ARGV[1] the epoch the caller re-asserts into, ARGV[2] lease ms, ARGV[3]
 # max, ARGV[4] credits, ARGV[5] op ttl ms, ARGV[6..] leases. Runs after a script answered
 # {"epoch", id}. The credits count once even when a lost reply makes the client run it again.
-_REASSERT = """
+_REASSERT = (
+    """
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -188,21 +200,15 @@ if epoch ~= ARGV[1] then
 end
 local grace = tonumber(redis.call('HGET', meta, 'grace') or '0')
 local lease_ms, max = tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
-local result = {'ok'}
-for i = 6, #ARGV do
-  local w = ARGV[i]
-  if redis.call('ZSCORE', leases, w) or now < grace or redis.call('ZCARD', leases) < max then
-    redis.call('ZADD', leases, now + lease_ms, w)
-  else
-    result[#result + 1] = w
-  end
-end
+"""
+    + _put_back(first=6)
+    + """
 if tonumber(ARGV[4]) > 0 and redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[5]) then
   redis.call('HINCRBY', meta, 'credits', ARGV[4])
 end
 return result
 """
+)
 
 # KEYS: leases, queue, beats. ARGV[1] channel, ARGV[2..] leases or waiters to drop. Wakes the
 # waiters when a slot came free. Needs no epoch: it only removes.
