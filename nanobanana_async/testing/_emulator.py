@@ -17,7 +17,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from html import escape
 from types import MappingProxyType, TracebackType
@@ -28,6 +28,7 @@ import anyio
 import attrs
 from aiohttp import BodyPartReader, hdrs, web
 
+from ._controls import Gate, GateEndpoint, Hold, matcher
 from ._faults import Fault, FaultInjector
 from ._png import png_size, render_png
 from ._state import EmulatedTask, Endpoint, Ledger, ProgressMode, RequestRecord
@@ -246,6 +247,8 @@ class Emulator:
     _base_url: str | None = attrs.field(init=False, default=None)
     _closing: asyncio.Event = attrs.field(init=False, factory=asyncio.Event, repr=False)
     _closed: bool = attrs.field(init=False, default=False, repr=False)
+    _holds: list[Hold] = attrs.field(init=False, factory=list, repr=False)
+    _gates: list[Gate] = attrs.field(init=False, factory=list, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._rng = random.Random(self._seed)
@@ -311,6 +314,28 @@ class Emulator:
     def faults(self) -> FaultInjector:
         """Where faults are injected and counted."""
         return self._faults
+
+    def hold(self, which: str | Collection[str] | Callable[[str], bool] | None = None) -> Hold:
+        """Hide the end of tasks from polls until released: they report running (progress <= 99).
+
+        Holds the tasks *which* names (an id, ids, or a predicate of the id), or every task,
+        including tasks created later. Only polls change: the ledger, the tasks' timing and
+        their files do not. Release with `Hold.release`, or use the hold as a context manager.
+        """
+        hold = Hold(None if which is None else matcher(which))
+        self._holds.append(hold)
+        return hold
+
+    def gate(self, endpoint: GateEndpoint = "create") -> Gate:
+        """Keep every request to *endpoint* (or ``any``) waiting at the door until opened.
+
+        Returns the closed `Gate`. A waiting request is neither processed nor recorded: a create
+        waiting there has left the client and costs nothing yet. `Gate.wait_until_waiting` waits
+        for arrivals; `Gate.open` (or leaving its ``with`` block) lets them through.
+        """
+        gate = Gate(endpoint)
+        self._gates.append(gate)
+        return gate
 
     def now(self) -> float:
         """Emulated seconds since start: real elapsed time times ``speed``."""
@@ -404,6 +429,9 @@ class Emulator:
     async def _handle(
         self, request: web.Request, endpoint: Endpoint, impl: Handler
     ) -> web.StreamResponse:
+        for gate in self._gates:
+            if not await gate.pass_through(endpoint, self._closing):
+                return self._drop(request)
         ctx = _Context(
             endpoint=endpoint,
             slot=len(self._slots),
@@ -576,6 +604,11 @@ class Emulator:
         ledger._settle()
         now = self.now()
         status = task.status_at(now)
+        progress = task.progress_at(now)
+        # Every hold notes the hiding (its `hidden`), not just the first that matches.
+        hidden = [hold.hide(task.id) for hold in self._holds] if status != "running" else []
+        if any(hidden):
+            status, progress = "running", min(progress, 99)
         results = []
         if status == "succeeded":
             results = [{"url": self._file_url(request, task), "content": task.prompt}]
@@ -585,7 +618,7 @@ class Emulator:
             {
                 "id": task.id,
                 "results": results,
-                "progress": task.progress_at(now),
+                "progress": progress,
                 "status": status,
                 "failure_reason": task.failure_reason if failed else None,
                 "error": task.error if failed else None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import socket
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -56,6 +58,26 @@ def established_to(port: int) -> int:
     )
 
 
+def sockets_to(port: int) -> int:
+    """Count this process's open sockets whose peer is 127.0.0.1:*port* (client sides).
+
+    Called on the event loop's thread, it sees one instant: no socket of this process opens or
+    closes while it runs. (A read of /proc/net/tcp does not: the kernel writes the table a page at
+    a time, so a connection closed and another opened during the read can both be listed.)
+    """
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            with socket.socket(fileno=os.dup(int(name))) as sock:
+                peer = sock.getpeername()
+        except OSError:  # closed meanwhile (by another thread), or not connected
+            continue
+        count += isinstance(peer, tuple) and tuple(peer[:2]) == ("127.0.0.1", port)
+    return count
+
+
 def records(emu: Emulator, endpoint: str) -> list[RequestRecord]:
     """Return the requests *emu* received on *endpoint* (``create``, ``result``, ...)."""
     return [record for record in emu.requests if record.endpoint == endpoint]
@@ -99,15 +121,9 @@ async def no_task_left_behind() -> AsyncIterator[None]:
 async def gated_emulator(**options: Any) -> AsyncIterator[tuple[Emulator, Gate, Hold]]:
     """Start an emulator whose creates wait at a `Gate` and whose tasks are held running."""
     options.setdefault("speed", SPEED)
-    emu = Emulator(**options)
-    gate = Gate(emu)
-    hold = Hold(emu)
-    async with emu:
-        try:
+    async with Emulator(**options) as emu:
+        with emu.gate("create") as gate, emu.hold() as hold:
             yield emu, gate, hold
-        finally:
-            gate.open()
-            hold.release()
 
 
 class PauseLog(nb.Limiter):
