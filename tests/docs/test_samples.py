@@ -139,7 +139,11 @@ def checkers(
     # mypy's cache lives in pytest's (when it is on), so that later runs take a second.
     cache = getattr(request.config, "cache", None)
     typed = tmp_path_factory.mktemp("typed-samples")
-    cache_dir = cache.mkdir("mypy-docs-samples") if cache is not None else typed / ".mypy_cache"
+    # One per xdist worker: two mypy runs must not write one cache at the same time.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    cache_dir = (
+        cache.mkdir(f"mypy-docs-samples-{worker}") if cache is not None else typed / ".mypy_cache"
+    )
     jobs = {
         "mypy": _start_mypy(typed, cache_dir),
         "pytest": _start_pytest(tmp_path_factory.mktemp("pytest-samples")),

@@ -1,13 +1,8 @@
-"""Engine acceptance tests: register the `slow` marker (deselect with `-m "not slow"`)."""
+"""Engine acceptance tests: a timeout of their own (the `slow` marker is in pyproject.toml)."""
 
 from __future__ import annotations
 
 import pytest
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Register the `slow` marker used by the scale tests."""
-    config.addinivalue_line("markers", "slow: a scale test taking a few seconds")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
