@@ -41,6 +41,7 @@ pytestmark = pytest.mark.anyio
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and terminals")
 
 
+@pytest.mark.slow  # about 10-20 s: started first by the suite
 @posix_only
 async def test_sigkill_halfway_then_rerun_makes_each_image_exactly_once(tmp_path: Path) -> None:
     """A batch killed with SIGKILL resumes: one image per prompt, one create per prompt."""

@@ -21,6 +21,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow  # about 10-20 s: started first by the suite
 async def test_a_small_soak_accounts_for_every_task_and_reconciles_credits() -> None:
     """300 tasks through 3 % failures, 2 % poll 500s and 1 % 429s: all accounted, credits match."""
     fds_before = _open_fds()
