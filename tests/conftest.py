@@ -40,8 +40,23 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the slow tests first, so that they do not make the run's tail."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept
+    """Start the slow tests first, one per worker in turn, so that they do not make the run's tail.
+
+    xdist's worksteal hands each worker a contiguous share of this list at the start (then
+    moves tests from the busiest); the slow tests go at the head of the shares, round robin.
+    """
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    shares: list[list[pytest.Item]] = [slow[i::workers] for i in range(workers)]
+    remaining = len(items)
+    for i, share in enumerate(shares):  # sized as worksteal sizes them
+        size = remaining // (workers - i)
+        remaining -= size
+        take = max(size - len(share), 0)
+        share += rest[:take]
+        del rest[:take]
+    items[:] = [item for share in shares for item in share] + rest
 
 
 @pytest.fixture
