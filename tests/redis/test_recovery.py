@@ -261,8 +261,12 @@ async def test_a_reservation_landing_in_a_store_lost_meanwhile_counts_in_the_new
             # ... before the reservation's reply (from the old store) comes.
             proxy.let_go()
             await asyncio.wait_for(job, 30)
-        # aclose() waited for the carry-over.
-        assert await _credits(raw, name) == 10
+
+            async def carried() -> bool:
+                return await _credits(raw, name) == 10
+
+            # Counted in the new store (aclose() gives unsettled reservations back, so look now).
+            await _until(carried, "the reservation carried over to the new store")
 
 
 async def test_an_acquire_whose_reply_is_lost_still_gets_its_slot(
