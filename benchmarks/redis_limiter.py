@@ -190,7 +190,7 @@ def _measure(
             ),
         ),
     ]
-    # Warm up (imports, script loading, and the store's start-up grace of one lease time).
+    # Warm up (imports, script loading, the subscription).
     for _, make in contenders:
         asyncio.run(_round(base_url, IN_FLIGHT, make))
     rows = []

@@ -73,10 +73,10 @@ from ._models import (
     TaskSnapshot,
     TaskStatus,
 )
-from ._redis import RedisLimiter
 from ._submitter import SubmitHooks
 from ._task import Task
 from ._version import __version__
+from .redis import RedisLimiter
 
 __all__ = [
     "APIStatusError",

@@ -22,11 +22,7 @@ PATIENCE = 90.0
 
 
 async def warm(url: str, name: str) -> None:
-    """Create the store of *name* with the shortest lease and wait out its grace (0.5 s).
-
-    A new store grants nothing for one lease time of the limiter that finds it empty: tests
-    whose limiters use longer leases start from a warm store instead of waiting that long.
-    """
+    """Create the store of *name* before a test's limiters use it (they find it known, not new)."""
     async with nb.RedisLimiter(url, name=name, max_concurrency=1, lease_seconds=0.5) as limiter:
         await limiter.release(await limiter.acquire())
 

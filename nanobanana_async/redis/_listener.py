@@ -1,0 +1,61 @@
+"""The pub/sub listener of a `RedisLimiter`: one subscription for the limiter's whole life.
+
+It wakes the dispatcher at each message on the name's channel (a slot came free somewhere). It
+runs in the limiter's task group, which `aclose()` cancels and awaits: redis-py may swallow one
+cancellation inside `get_message`, but an anyio cancel scope cancels again at the next await.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import anyio
+
+from ._store import Store
+
+logger = logging.getLogger("nanobanana_async.redis")
+
+
+class Listener:
+    """Subscribes to the name's channel and calls *wake* at each message, reconnecting quietly.
+
+    Args:
+        store: The connection to use.
+        wake: Called after each message, and after each (re)subscription.
+        idle: The longest wait for a message before listening again (seconds).
+    """
+
+    def __init__(self, store: Store, wake: Callable[[], None], *, idle: float) -> None:
+        self._store = store
+        self._wake = wake
+        self._idle = idle
+
+    async def run(self) -> None:
+        """Listen until cancelled (by the limiter's `aclose()`)."""
+        while True:
+            try:
+                pubsub = self._store.client().pubsub()
+            except Exception as exc:
+                logger.debug("no pub/sub connection to Redis: %r", exc)
+                await anyio.sleep(self._idle)
+                continue
+            try:
+                self._store.requests_sent += 1
+                await pubsub.subscribe(self._store.channel)
+                # A release may have come before the subscription: look once more.
+                self._wake()
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=self._idle
+                    )
+                    if message is not None:
+                        self._wake()
+            except Exception as exc:
+                logger.debug("Redis pub/sub failed, subscribing again: %r", exc)
+                await anyio.sleep(self._idle)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()

@@ -1,0 +1,241 @@
+"""RedisLimiter in production: no leaks, instant start, restores, dead processes, clusters, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+import redis.asyncio
+from _redis_support import RedisServer
+
+import nanobanana_async as nb
+from nanobanana_async.testing import Emulator
+
+pytestmark = pytest.mark.anyio
+
+KEY = "nb-redis-prod-key"
+
+
+def _name() -> str:
+    return f"prod-{os.urandom(4).hex()}"
+
+
+async def _until(condition: Any, what: str, patience: float = 30.0) -> None:
+    """Poll *condition* (an async callable) until it holds; a hang fails the test."""
+    deadline = time.monotonic() + patience
+    while not await condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_200_one_at_a_time_submits_leak_no_connection_or_task(
+    redis_server: RedisServer,
+) -> None:
+    """200 submits one after another go through one limiter, and aclose() leaves no task behind."""
+    before = len(asyncio.all_tasks())
+    poll = nb.PollPolicy(initial_delay=0.0, min_interval=0.01, max_interval=0.01, speed=20.0)
+    async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=0.2) as emu:
+        limiter = nb.RedisLimiter(
+            redis_server.url, name=_name(), max_concurrency=4, lease_seconds=5.0
+        )
+        async with limiter:
+            async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter, poll=poll) as client:
+                tasks = [await client.submit("a", model="nano-banana-fast") for _ in range(200)]
+                await asyncio.gather(*(task.wait(timeout=60) for task in tasks))
+        assert emu.ledger.tasks_created == 200
+    assert len(asyncio.all_tasks()) == before
+
+
+async def test_a_task_costs_at_most_two_round_trips(redis_server: RedisServer) -> None:
+    """Without a budget, acquire + ready("create") + release cost at most 2 requests to Redis."""
+    async with nb.RedisLimiter(
+        redis_server.url, name=_name(), max_concurrency=2, lease_seconds=5.0
+    ) as limiter:
+        await limiter.release(await limiter.acquire())  # subscribe, learn the epoch
+        sent = limiter.requests_sent
+        for _ in range(20):
+            lease = await limiter.acquire()
+            await limiter.ready("create")
+            await limiter.release(lease)
+        assert limiter.requests_sent - sent <= 2 * 20
+
+
+async def test_a_renewal_never_brings_back_a_released_lease(redis_server: RedisServer) -> None:
+    """A renewal of a lease released meanwhile (a late keeper) does not put it back in Redis."""
+    name = _name()
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=1, lease_seconds=60.0
+        ) as limiter:
+            lease = await limiter.acquire()
+            await limiter.release(lease)
+            await limiter._keeper.renew([lease.token])  # the keeper's late renewal
+            assert await raw.zcard(f"nanobanana:{{{name}}}:leases") == 0
+            again = await asyncio.wait_for(limiter.acquire(), 20)
+            await limiter.release(again)
+    finally:
+        await raw.aclose()
+
+
+async def test_an_older_snapshot_restored_is_a_new_store(own_redis_server: RedisServer) -> None:
+    """Redis restoring an older snapshot (slots and credits since given back) is a lost store."""
+    name = _name()
+    url = own_redis_server.url
+    raw = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    try:
+        async with nb.RedisLimiter(
+            url, name=name, max_concurrency=2, lease_seconds=60.0, max_credits=10
+        ) as first:
+            held = [await first.acquire(), await first.acquire()]
+            await first.reserve(10)
+            await raw.save()  # the snapshot: 2 slots and 10 credits taken
+            for lease in held:
+                await first.release(lease)
+            await first.settle(10, 0)
+        await raw.aclose()
+        own_redis_server.restart()  # loads the older snapshot
+        raw = redis.asyncio.Redis.from_url(url, decode_responses=True)
+        assert await raw.zcard(f"nanobanana:{{{name}}}:leases") == 2
+        async with nb.RedisLimiter(
+            url, name=name, max_concurrency=2, lease_seconds=60.0, max_credits=10
+        ) as later:
+            leases = [await asyncio.wait_for(later.acquire(), 20) for _ in range(2)]
+            await asyncio.wait_for(later.reserve(10), 20)
+            with pytest.raises(nb.BudgetExceededError):
+                await later.reserve(1)
+            for lease in leases:
+                await later.release(lease)
+    finally:
+        await raw.aclose()
+
+
+async def test_a_new_names_first_create_goes_out_at_once(redis_server: RedisServer) -> None:
+    """A new name's first create leaves long before one lease time (60 s) with a budget."""
+    async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=1.0) as emu:
+        async with nb.RedisLimiter(
+            redis_server.url, name=_name(), max_concurrency=2, lease_seconds=60.0, max_credits=100
+        ) as limiter:
+            async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter) as client:
+                task = await asyncio.wait_for(client.submit("a", model="nano-banana-fast"), 20)
+                assert task.id
+        assert emu.ledger.creates_received == 1
+
+
+async def test_strict_mode_keeps_the_old_start(redis_server: RedisServer) -> None:
+    """With strict=True a new name grants nothing at first (the store's grace of one lease)."""
+    async with nb.RedisLimiter(
+        redis_server.url, name=_name(), max_concurrency=1, lease_seconds=60.0, strict=True
+    ) as limiter:
+        job = asyncio.ensure_future(limiter.acquire())
+        await asyncio.sleep(1.0)
+        assert not job.done()
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+
+
+_KILLED = """
+import asyncio, sys
+import nanobanana_async as nb
+
+async def main():
+    limiter = nb.RedisLimiter(sys.argv[1], name=sys.argv[2], max_concurrency=1,
+                              lease_seconds=1.0, max_credits=10)
+    await limiter.acquire()
+    await limiter.reserve(10)
+    asyncio.ensure_future(limiter.acquire())  # a waiter in the queue too
+    await asyncio.sleep(0.3)
+    print("held", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_killed_process_leaves_no_reservation_and_no_key(
+    redis_server: RedisServer,
+) -> None:
+    """A SIGKILLed process's slot and unsent reservation come back, and every key lapses."""
+    name = _name()
+    process = subprocess.Popen(  # noqa: ASYNC220 - read in a thread below
+        [sys.executable, "-c", _KILLED, redis_server.url, name], stdout=subprocess.PIPE
+    )
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        assert process.stdout is not None
+        line = await asyncio.to_thread(process.stdout.readline)
+        assert line.strip() == b"held"
+        process.kill()
+        await asyncio.to_thread(process.wait)
+        async with nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=1, lease_seconds=1.0, max_credits=10
+        ) as limiter:
+            lease = await asyncio.wait_for(limiter.acquire(), 30)
+            await asyncio.wait_for(limiter.reserve(10), 30)
+            await limiter.settle(10, 0)
+            await limiter.release(lease)
+
+        async def all_gone() -> bool:
+            keys = await raw.keys(f"nanobanana:{{{name}}}:*")
+            # The answers of credit changes (op keys) lapse on their own a little later.
+            return all(":op:" in key for key in keys)
+
+        await _until(all_gone, "every key of the name lapsed")
+        for key in await raw.keys(f"nanobanana:{{{name}}}:*"):
+            assert await raw.pttl(key) > 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if process.stdout is not None:
+            process.stdout.close()
+        await raw.aclose()
+
+
+async def test_a_redis_client_object_is_accepted(redis_server: RedisServer) -> None:
+    """A redis.asyncio client (bytes answers) works as the store, and stays open after aclose."""
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    try:
+        async with nb.RedisLimiter(
+            client, name=_name(), max_concurrency=1, lease_seconds=5.0, max_credits=5
+        ) as limiter:
+            await limiter.release(await limiter.acquire())
+            await limiter.ready("create")
+            await limiter.reserve(5)
+            with pytest.raises(nb.BudgetExceededError):
+                await limiter.reserve(1)
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_long_waits_say_why_at_info(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A create waiting over 2 s for the cap, or for a pause, logs why at INFO level."""
+    name = _name()
+    caplog.set_level(logging.INFO, logger="nanobanana_async")
+    async with (
+        nb.RedisLimiter(redis_server.url, name=name, max_concurrency=1, lease_seconds=5.0) as one,
+        nb.RedisLimiter(redis_server.url, name=name, max_concurrency=1, lease_seconds=5.0) as two,
+    ):
+        lease = await one.acquire()
+        job = asyncio.ensure_future(two.acquire())
+
+        async def told() -> bool:
+            return any("the cap" in r.getMessage() for r in caplog.records)
+
+        await _until(told, "the cap wait told")
+        await one.release(lease)
+        await two.release(await job)
+        await one.pause(2.5)
+        await asyncio.sleep(0.3)  # past the pass a grant gives the next create
+        await two.ready("create")
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("429" in message for message in messages)
