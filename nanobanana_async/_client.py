@@ -561,7 +561,7 @@ class Client:
                 self._credits.refund(state.charged)
                 self._submitter.spawn(self._limiter.refund(state.charged))
             if snapshot.status is TaskStatus.SUCCEEDED and state.model is not None:
-                self._stats.add(state.model, state.image_size, now - state.submitted_at)
+                self._timer.finished(state, now)
             self._end(state)
             return
         if state.deadline is not None and now >= state.deadline:

@@ -30,7 +30,9 @@ DEFAULT_RETRY_MAX_BACKOFF = 30.0
 DEFAULT_RETRY_DEADLINE = 120.0
 
 DEFAULT_POLL_MIN_INTERVAL = 0.5
-DEFAULT_POLL_MAX_INTERVAL = 10.0
+#: Longest wait between polls: from a first poll shortly before the fastest tasks end, a
+#: nano-banana task (8-20 s) is then one wait from the end its progress predicts.
+DEFAULT_POLL_MAX_INTERVAL = 15.0
 DEFAULT_POLL_JITTER = 0.1
 
 #: Largest image download accepted, in bytes.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,8 +31,18 @@ _BACKOFF_FRACTION = 0.06
 _LINEAR_TOLERANCE = 0.15
 #: Until progress is seen to move linearly, poll again after this fraction of the time waited.
 _UNSURE_FRACTION = 0.25
-#: First polls land this early relative to the fastest duration expected.
+#: First polls land this early relative to the fastest duration expected (typical table).
 _EARLY = 0.9
+#: Durations observed: the first poll aims at this quantile of them, times _EARLY_OBSERVED.
+_FIRST_QUANTILE = 0.04
+_EARLY_OBSERVED = 0.97
+#: Bounds from polls of one task agree with linear progress when within this fraction (clocks
+#: of client and server differ by a network leg, and progress may be rounded).
+_AGREE = 0.02
+#: An end known only within more than this many min_intervals is first narrowed by one more poll.
+_REFINE = 2.0
+#: Finished tasks remembered per model and size to judge whether their progress is linear.
+_VERDICTS = 8
 
 
 def typical_duration(model: str | None, image_size: str | None) -> tuple[float, float]:
@@ -49,11 +60,16 @@ def typical_duration(model: str | None, image_size: str | None) -> tuple[float, 
 
 
 class DurationStats:
-    """Durations (real seconds) this client observed, per model and image size."""
+    """What this client observed per model and image size: durations, and linear progress.
+
+    Durations are real seconds from submit to the first poll that saw the task succeed. A verdict
+    says whether a finished task's progress was linear from its submit (see `PollTimer.finished`).
+    """
 
     def __init__(self, keep: int = 32) -> None:
         self._keep = keep
         self._seen: dict[tuple[str | None, str | None], deque[float]] = {}
+        self._verdicts: dict[tuple[str | None, str | None], deque[bool]] = {}
 
     def add(self, model: str | None, image_size: str | None, seconds: float) -> None:
         """Record a task that took *seconds* from submit to its first terminal poll."""
@@ -70,9 +86,54 @@ class DurationStats:
             return None
         return min(seen)
 
+    def longest(self, model: str | None, image_size: str | None) -> float | None:
+        """Return the longest duration to expect, once three were seen, else None.
+
+        The longest seen, plus the range seen over the count: few samples leave more room above.
+        """
+        seen = self._seen.get((model, image_size))
+        if seen is None or len(seen) < 3:
+            return None
+        high = max(seen)
+        return high + (high - min(seen)) / len(seen)
+
+    def quantile(self, model: str | None, image_size: str | None, q: float) -> float | None:
+        """Return the *q* quantile (0-1) of recent durations, once three were seen, else None."""
+        seen = self._seen.get((model, image_size))
+        if seen is None or len(seen) < 3:
+            return None
+        ordered = sorted(seen)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def note_linear(self, model: str | None, image_size: str | None, linear: bool) -> None:
+        """Record whether a finished task's progress was linear from its submit."""
+        key = (model, image_size)
+        verdicts = self._verdicts.get(key)
+        if verdicts is None:
+            verdicts = self._verdicts[key] = deque(maxlen=_VERDICTS)
+        verdicts.append(linear)
+
+    def trusts_linear(self, model: str | None, image_size: str | None) -> bool:
+        """Whether progress of this model and size is linear enough to aim at its predicted end.
+
+        Linear until a task shows otherwise (a wrong guess costs that task one poll); then again
+        once at most one of the last eight finished tasks was not.
+        """
+        verdicts = self._verdicts.get((model, image_size))
+        if verdicts is None:
+            return True
+        return verdicts.count(False) <= len(verdicts) // _VERDICTS
+
 
 class PollTimer:
-    """Decides when to poll next, from progress, observed durations and `PollPolicy`."""
+    """Decides when to poll next, from progress, observed durations and `PollPolicy`.
+
+    A task submitted by this client usually takes two polls: the first aimed (from the durations
+    observed for its model and size) shortly before the fastest of them ends, the second at the
+    end its progress then predicts, when earlier tasks of that model and size showed progress
+    linear from submit. Progress that sits at 0, jumps, or misses its predicted end falls back to
+    short polls paced by the time already waited. Every delay stays within `PollPolicy` bounds.
+    """
 
     def __init__(self, policy: PollPolicy, stats: DurationStats, rng: random.Random) -> None:
         self.policy = policy
@@ -81,11 +142,12 @@ class PollTimer:
         self._lo = policy.min_interval / policy.speed
         self._hi = policy.max_interval / policy.speed
 
-    def _expected_low(self, state: TaskState) -> float:
-        observed = self.stats.low(state.model, state.image_size)
+    def _first_aim(self, state: TaskState) -> float:
+        """Seconds from submit at which to look first: before all but the fastest tasks end."""
+        observed = self.stats.quantile(state.model, state.image_size, _FIRST_QUANTILE)
         if observed is not None:
-            return observed
-        return typical_duration(state.model, state.image_size)[0] / self.policy.speed
+            return _EARLY_OBSERVED * observed
+        return _EARLY * typical_duration(state.model, state.image_size)[0] / self.policy.speed
 
     def first_delay(self, state: TaskState) -> float:
         """Seconds from submit to the first poll."""
@@ -93,7 +155,9 @@ class PollTimer:
             return self.policy.initial_delay / self.policy.speed
         if state.model is None:  # attached by id: we know nothing, look now
             return 0.0
-        return max(self._lo, _EARLY * self._expected_low(state))
+        delay = max(self._lo, self._first_aim(state))
+        # Earlier only: a first poll later than aimed would find more tasks already done.
+        return delay * (1.0 - self._rng.uniform(0.0, self.policy.jitter / 2))
 
     def next_delay(self, state: TaskState, now: float, moved: bool = True) -> float:
         """Seconds from *now* (just after a poll of a running task) to the next poll.
@@ -103,6 +167,18 @@ class PollTimer:
         lo, hi = self._lo, self._hi
         elapsed = now - state.submitted_at
         progress = state.snapshot.progress
+        if state.model is not None:  # submitted here: progress counts from submitted_at
+            _narrow(state, elapsed, progress)
+            if 0 < progress < 100 and state.linear_lo <= state.linear_hi * (1 + _AGREE):
+                # One reading suffices where earlier tasks were linear; else two must agree. An
+                # end beyond every duration expected is more likely progress that lags than a
+                # fact: unless both hold, it is read again first (a rare long task, too).
+                trusted = self.stats.trusts_linear(state.model, state.image_size)
+                twice = _moved_twice(state, now)
+                if (trusted and twice) or (
+                    (trusted or twice) and state.linear_lo <= self._longest(state)
+                ):
+                    return self._aim_at_end(state, elapsed)
         if 0 < progress < 100 and moved:
             # The upper estimate of the finishing time: progress p means p <= true < p + 1, and
             # polling at the latest finish the rate allows is never early by more than a step.
@@ -118,14 +194,72 @@ class PollTimer:
             if not linear:
                 # One point, or progress that jumps: the rate is a guess, so look again soon.
                 delay = min(delay, _UNSURE_FRACTION * elapsed)
-            delay = min(hi, max(lo, delay))
-            return delay * (1.0 + self._rng.uniform(0.0, self.policy.jitter / 4))
-        expected = self._expected_low(state) * _EARLY - elapsed
-        if progress == 0 and expected > lo:
-            delay = min(hi, expected)
+            spread = self._rng.uniform(0.0, self.policy.jitter / 4)
         else:
-            delay = min(hi, max(lo, _BACKOFF_FRACTION * elapsed))
-        return delay * (1.0 + self._rng.uniform(-self.policy.jitter, self.policy.jitter))
+            expected = self._first_aim(state) - elapsed if state.model is not None else 0.0
+            # Before the first aim (a task attached early), wait for it; after, back off.
+            delay = expected if progress == 0 and expected > lo else _BACKOFF_FRACTION * elapsed
+            spread = self._rng.uniform(-self.policy.jitter, self.policy.jitter)
+        if state.model is not None:
+            # Progress that lags says little: do not wait past the longest duration expected.
+            longest = self._longest(state) - elapsed
+            if longest > 0:
+                delay = min(delay, longest)
+        return min(hi, max(lo, delay)) * (1.0 + spread)
+
+    def _longest(self, state: TaskState) -> float:
+        """The longest duration expected for the model and size (seconds from submit)."""
+        observed = self.stats.longest(state.model, state.image_size)
+        if observed is None:
+            return typical_duration(state.model, state.image_size)[1] / self.policy.speed
+        return observed
+
+    def _aim_at_end(self, state: TaskState, elapsed: float) -> float:
+        """Delay to the latest end that linear progress allows (or to narrow a wide window)."""
+        lo, hi = self._lo, self._hi
+        start = max(state.linear_lo, elapsed)
+        end = max(state.linear_hi, start)
+        width = end - start
+        if width > _REFINE * lo and start - elapsed >= lo:
+            # Known only roughly (little progress yet, or a long task): look at the earliest end
+            # first, where progress near 100 pins the end down to a step of it.
+            delay = start - elapsed
+        else:
+            # Never before the latest end: jitter spreads polls over a fraction of the window.
+            delay = end - elapsed + width * self._rng.uniform(0.0, self.policy.jitter)
+        return min(hi, max(lo, delay))
+
+    def finished(self, state: TaskState, now: float) -> None:
+        """Learn from a task seen succeeded at *now*: its duration, and whether it was linear."""
+        if state.model is None:
+            return
+        elapsed = now - state.submitted_at
+        self.stats.add(state.model, state.image_size, elapsed)
+        hi = min(state.linear_hi, elapsed)
+        if state.linear_lo > hi * (1 + _AGREE):
+            self.stats.note_linear(state.model, state.image_size, False)
+        elif state.linear_hi != math.inf:  # some progress was seen, and it was linear
+            self.stats.note_linear(state.model, state.image_size, True)
+
+
+def _narrow(state: TaskState, elapsed: float, progress: int) -> None:
+    """Intersect the task's linear duration bounds with what a running poll just showed."""
+    if not 0 <= progress < 100:
+        return
+    # Progress p at elapsed e, if linear from submit and rounded down: p <= 100 e / D < p + 1.
+    lo = max(elapsed, 100.0 * elapsed / (progress + 1))
+    if lo > state.linear_lo:
+        state.linear_lo = lo
+    if progress > 0:
+        hi = 100.0 * elapsed / progress
+        if hi < state.linear_hi:
+            state.linear_hi = hi
+
+
+def _moved_twice(state: TaskState, now: float) -> bool:
+    """Whether this task itself has shown progress above 0 at two polls."""
+    t0, p0 = state.first_progress
+    return now > t0 and state.snapshot.progress > p0
 
 
 class PollScheduler:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncGenerator, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ class TaskState:
         "id",
         "image_size",
         "lease",
+        "linear_hi",
+        "linear_lo",
         "loop",
         "model",
         "poll_generation",
@@ -72,6 +75,10 @@ class TaskState:
         #: The retries of the current run of failed polls, if any.
         self.backoff: Backoff | None = None
         self.first_progress: tuple[float, int] = (submitted_at, 0)
+        #: Bounds of the duration (seconds from submitted_at) that every progress seen so far
+        #: allows if progress is linear from submit; lo > hi once it was seen not to be.
+        self.linear_lo = 0.0
+        self.linear_hi = math.inf
 
     def publish(self, snapshot: TaskSnapshot) -> None:
         """Store a new snapshot and wake everyone waiting for a change."""

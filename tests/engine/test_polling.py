@@ -289,3 +289,45 @@ async def test_first_poll_waits_for_the_initial_delay() -> None:
             # The client schedules from the create's answer, which comes after created_at.
             assert first.time - created >= delay
             assert first.time - created <= 2 * delay
+
+
+async def test_linear_tasks_take_about_two_polls_end_to_end() -> None:
+    """Against the emulator, 8-20 s tasks with linear progress take about two polls each."""
+    # At speed 5 a task takes 1.6-4 s and min_interval is 0.1 s. Polls never come early; the
+    # second misses an end only if a load spike delays reading the create's answer more than the
+    # first poll's, and then one more comes after min_interval. A mean of 3 would need every
+    # task to miss by more than that: far beyond the scheduling delays of a busy machine.
+    speed = 5.0
+    async with Emulator(speed=speed, progress="smooth", seed=5) as emu:
+        async with client_for(emu, speed=speed, max_concurrency=None, seed=2) as client:
+            tasks = [await client.submit(f"linear {i}") for i in range(12)]
+            for task in tasks:
+                await task.wait()
+        per_task = []
+        for task in tasks:
+            polls = [r for r in records(emu, "result") if r.task_id == task.id]
+            # Exactly one poll (the last) arrived at or after the end, and saw it.
+            assert [r.time >= emu.tasks[task.id].end_time for r in polls][-1]
+            assert sum(r.time >= emu.tasks[task.id].end_time for r in polls) == 1
+            per_task.append(len(polls))
+        print(f"\npolls per task: {sorted(per_task)}")
+        assert statistics.mean(per_task) <= 3.0
+
+
+async def test_the_task_deadline_holds_over_a_predicted_end() -> None:
+    """A task whose progress predicts an end past the task deadline ends at the deadline."""
+    speed = 20.0
+    # 60 emulated seconds (3 s); the deadline passes after 1 s (20 emulated seconds), so the end
+    # its progress predicts lies far beyond it.
+    async with Emulator(speed=speed, progress="smooth", duration=60.0) as emu:
+        timeouts = nb.Timeouts(task=1.0)
+        async with client_for(emu, speed=speed, timeouts=timeouts) as client:
+            task = await client.submit("too long")
+            with pytest.raises(nb.TaskTimeoutError):
+                await task.wait()
+            assert slots(client) == 0
+        polls = records(emu, "result")
+        # The first reading, a second to confirm an end beyond every duration expected, and the
+        # one at the deadline (polls never come early; under load they can only be fewer).
+        assert 1 <= len(polls) <= 3
+        assert polls[-1].time < emu.tasks[task.id].end_time
