@@ -9,6 +9,7 @@ item by its key and holds its state:
 - ``failed``: the service said the task failed (and refunded it).
 - ``uncertain``: the create may have been charged but its answer was lost.
 - ``unsent``: nothing was charged (refused, budget, network): a rerun sends it.
+- ``invalid``: the input line is not a valid request (nothing sent); shown by the gallery only.
 
 An item's key comes from its content (prompt, model, ratio, size, references) and its occurrence
 among identical requests, never from its line number: inserting, removing or reordering lines of
@@ -37,7 +38,9 @@ from ._models import GenerationRequest
 #: The journal's file name in the output folder, unless another path is given.
 JOURNAL_NAME = "journal.jsonl"
 #: The states a record can hold.
-STATES = frozenset({"submitting", "running", "succeeded", "failed", "uncertain", "unsent"})
+STATES = frozenset(
+    {"submitting", "running", "succeeded", "failed", "uncertain", "unsent", "invalid"}
+)
 
 
 @attrs.frozen(kw_only=True)
