@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -273,6 +274,7 @@ class Journal:
         self.index = index
         self._fd: int | None = fd
         self._lock = anyio.Lock()
+        self._fd_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path) -> Journal:
@@ -302,16 +304,21 @@ class Journal:
             raise
 
     def _write(self, data: bytes) -> None:
-        # A create that answers after the batch stopped still records its task id: reopen.
-        fd = self._fd if self._fd is not None else os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            if fd != self._fd:
-                os.close(fd)
+        # Held while the fd is in use: a close() meanwhile would close it under this write, and
+        # the write's own close would then close a number the process may have reused.
+        with self._fd_lock:
+            # A create that answers after the batch stopped still records its task id: reopen.
+            opened = self._fd is None
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND) if opened else self._fd
+            assert fd is not None
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                if opened:
+                    os.close(fd)
 
     async def write(self, record: JournalRecord) -> None:
         """Append *record* and fsync it; a cancellation waits until it is on disk."""
@@ -324,9 +331,10 @@ class Journal:
 
     def close(self) -> None:
         """Close the file (a late record reopens it)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        with self._fd_lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
 
 
 def _lock(fd: int, path: Path) -> None:
