@@ -14,12 +14,15 @@ from nanobanana_async.testing import Emulator
 async def test_summary_items_read_as_a_sequence_in_input_order(tmp_path: Path) -> None:
     """Items index, slice, iterate and compare like a tuple, with paths in the output folder."""
     prompts = ["a banana cat", "", "banana city"]
-    async with Emulator(speed=1000, image_downscale=8) as emu, nb.Client(
-        emu.api_key,
-        base_url=emu.base_url,
-        poll=nb.PollPolicy(speed=1000),
-        retry=nb.RetryPolicy(sleep=False),
-    ) as client:
+    async with (
+        Emulator(speed=1000, image_downscale=8) as emu,
+        nb.Client(
+            emu.api_key,
+            base_url=emu.base_url,
+            poll=nb.PollPolicy(speed=1000),
+            retry=nb.RetryPolicy(sleep=False),
+        ) as client,
+    ):
         summary = await nb.run_batch(client, prompts, tmp_path / "out", gallery=False)
     items = summary.items
     assert len(items) == 3
