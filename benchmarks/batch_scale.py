@@ -220,14 +220,14 @@ def report(result: dict[str, Any]) -> list[str]:
         f"5. Batch scale: run_batch, {result['concurrency']} in flight, journal + 1 PNG per item "
         f"on tmpfs; server: {result['server']}",
         f"   {'prompts':>8}{'gallery':>8}{'rounds':>7}{'CPU ms/task':>13}{'wall s':>9}"
-        f"{'peak RSS B/item':>17}{'end RSS B/item':>16}{'pages':>7}{'largest page':>14}",
+        f"{'peak RSS B/item':>17}{'end RSS B/item':>16}{'HTML files':>12}{'largest':>10}",
     ]
     for row in result["rows"].values():
         lines.append(
             f"   {row['n']:>8,}{'on' if row['gallery'] else 'off':>8}{row['rounds']:>7}"
             f"{row['cpu_ms_per_task']:>13.2f}{row['wall_s']:>9.1f}"
             f"{row['rss_peak_bytes_per_item']:>17.0f}{row['rss_end_bytes_per_item']:>16.0f}"
-            f"{row['html_files']:>7}{row['largest_html_bytes'] / 1024:>11.0f} KB"
+            f"{row['html_files']:>12}{row['largest_html_bytes'] / 1024:>7.0f} KB"
         )
     lines += [
         f"   [{g['result']}] {g['goal']}: {g['value']} ({g['target']})" for g in result["goals"]
