@@ -9,7 +9,8 @@ Semantics: a create (``POST /api/v1/image/nano-banana``, any body) makes a task;
 (``POST /api/v1/image/nano-banana/result`` with ``{"taskId": ...}``) answers ``running`` with
 progress 50 until the task's ``--polls`` poll, which answers ``succeeded`` and forgets the task.
 ``GET /_stats`` returns counters; ``POST /_reset`` zeroes them. Every API request must carry
-``Authorization: Bearer <--key>``.
+``Authorization: Bearer <--key>``. With ``--files``, result URLs point at this server, whose
+``GET /files/...`` answers a tiny PNG (for batches, which download every image).
 
 ``--alias 127.0.0.2`` also listens on that address (same port): the client skips proxy and netrc
 look-ups for 127.0.0.1 and localhost only, so the alias exercises the path a remote API takes.
@@ -33,6 +34,8 @@ RESULT_PATH = b"/api/v1/image/nano-banana/result"
 class _State:
     def __init__(self, polls: int, key: str) -> None:
         self.polls_to_finish = polls
+        # Where result URLs point: port 9 (discard) unless --files serves them here.
+        self.files_host = b"127.0.0.1:9"
         self.auth = f"bearer {key}".encode()
         self.tasks: dict[str, int] = {}
         self.next_id = 0
@@ -41,6 +44,7 @@ class _State:
     def reset(self) -> None:
         self.creates = 0
         self.polls = 0
+        self.files = 0
         self.unauthorized = 0
         self.bad = 0
         self.max_tracked = 0
@@ -53,6 +57,7 @@ class _State:
         return {
             "creates": self.creates,
             "polls": self.polls,
+            "files": self.files,
             "unauthorized": self.unauthorized,
             "bad": self.bad,
             "tracked": len(self.tasks),
@@ -83,9 +88,22 @@ _RUNNING = (
     b'"failure_reason": null, "error": null}}'
 )
 _SUCCEEDED = (
-    b'{"data": {"id": "%s", "results": [{"url": "http://127.0.0.1:9/files/%s/0.png", '
+    b'{"data": {"id": "%s", "results": [{"url": "http://%s/files/%s/0.png", '
     b'"content": "a banana cat"}], "progress": 100, "status": "succeeded", '
     b'"failure_reason": null, "error": null}}'
+)
+
+
+# A valid 1x1 PNG, the body of every GET /files/... answer.
+_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000b49444154789c6360000200000500017a5eab3f0000000049454e44ae426082"
+)
+_PNG_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: "
+    + str(len(_PNG)).encode()
+    + b"\r\n\r\n"
+    + _PNG
 )
 
 
@@ -155,7 +173,7 @@ class _Http(asyncio.Protocol):
             raw = task_id.encode()
             if seen >= state.polls_to_finish:
                 del state.tasks[task_id]
-                answer = _SUCCEEDED % (raw, raw)
+                answer = _SUCCEEDED % (raw, state.files_host, raw)
             else:
                 state.tasks[task_id] = seen
                 answer = _RUNNING % raw
@@ -175,6 +193,9 @@ class _Http(asyncio.Protocol):
             if len(state.tasks) > state.max_tracked:
                 state.max_tracked = len(state.tasks)
             self.transport.write(_response(b"200 OK", _CREATED % task_id.encode()))
+        elif path.startswith(b"/files/") and method == b"get":
+            state.files += 1
+            self.transport.write(_PNG_ANSWER)
         elif path == b"/_stats":
             self.transport.write(_response(b"200 OK", json.dumps(state.stats()).encode()))
         elif path == b"/_reset" and method == b"post":
@@ -206,11 +227,15 @@ def _dechunk(buffer: bytearray, start: int) -> tuple[bytes, int] | None:
         at += size + 2
 
 
-async def _serve(host: str, port: int, polls: int, key: str, alias: str | None) -> None:
+async def _serve(
+    host: str, port: int, polls: int, key: str, alias: str | None, files: bool = False
+) -> None:
     loop = asyncio.get_running_loop()
     state = _State(polls, key)
     server = await loop.create_server(lambda: _Http(state), host, port, backlog=1024)
     port = server.sockets[0].getsockname()[1]
+    if files:
+        state.files_host = f"{host}:{port}".encode()
     servers = [server]
     if alias:
         # Same port on a second loopback address, for clients that treat 127.0.0.1 specially.
@@ -234,9 +259,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--polls", type=int, default=1, help="the poll that answers succeeded")
     parser.add_argument("--key", default="bench-key")
     parser.add_argument("--alias", default=None, help="also listen on this address, same port")
+    parser.add_argument("--files", action="store_true", help="serve the result images (a PNG)")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.host, args.port, args.polls, args.key, args.alias))
+        asyncio.run(_serve(args.host, args.port, args.polls, args.key, args.alias, args.files))
     sys.stdout.flush()
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import imports, overhead, polling, scale
+from . import batch_scale, imports, overhead, polling, scale
 from ._common import machine_info, pin_client
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -27,6 +27,7 @@ SECTIONS: dict[str, Section] = {
     "polling": (polling.run, polling.report),
     "scale": (scale.run, scale.report),
     "imports": (imports.run, imports.report),
+    "batch": (batch_scale.run, batch_scale.report),
 }
 
 

@@ -12,15 +12,23 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import re
 import sys
 import time
 import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from pathlib import Path
-from typing import Union
+from typing import Union, overload
 
 import anyio
 import attrs
@@ -141,6 +149,36 @@ def image_stem(position: int, prompt: str, n: int) -> str:
     return f"{position:05d}-{slugify(prompt)}-{n}"
 
 
+#: Temporary files a batch of ours leaves when killed mid-write: a download's ``.part`` file
+#: (``.<position>-<slug>-<n>.<ext>.<8 hex>.part``) and a gallery page's ``.tmp`` file.
+_LEFTOVER = re.compile(
+    r"\.\d{5,}-[a-z0-9-]+-\d+(?:\.[a-z0-9]{1,5})?\.[0-9a-f]{8}\.part"
+    r"|\.(?:index|page-\d{4,})\.html\.\d+\.[0-9a-f]{12}\.tmp"
+)
+
+
+def remove_leftovers(out_dir: Path) -> list[str]:
+    """Remove the temporary files an earlier, killed run left in *out_dir*; return their names.
+
+    Only files named the way this runner names its own (image downloads and gallery pages)
+    are touched, never a file of the user's.
+    """
+    removed: list[str] = []
+    try:
+        entries = os.scandir(out_dir)
+    except OSError:
+        return removed
+    with entries:
+        for entry in entries:
+            if _LEFTOVER.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    if removed:
+        logger.info("removed %d temporary files left by an earlier run", len(removed))
+    return removed
+
+
 class _Slot:
     """One job's hold on a generation slot; releasing it twice is harmless."""
 
@@ -158,6 +196,93 @@ class _Slot:
         if self._held:
             self._held = False
             self._semaphore.release()
+
+
+class _Outcomes(Sequence[BatchItem]):
+    """The items of a batch in input order, each packed into one string until it is read.
+
+    A `BatchItem` with its paths costs about 850 bytes; packed, an item costs about a third of
+    that, so a batch of 100,000 prompts keeps its memory flat. Items are built again when read.
+    """
+
+    __slots__ = ("_live", "_out_dir", "_rows")
+
+    def __init__(self, out_dir: Path) -> None:
+        self._out_dir = out_dir
+        self._rows: list[str | None] = []
+        # Items not finished yet (at most the batch's window), kept whole.
+        self._live: dict[int, BatchItem] = {}
+
+    def set(self, item: BatchItem, *, finished: bool) -> None:
+        """Store *item* at its position (read in order: at most one past the last)."""
+        position = item.position
+        if position == len(self._rows):
+            self._rows.append(None)
+        if finished:
+            self._live.pop(position, None)
+            self._rows[position] = self._pack(item)
+        else:
+            self._live[position] = item
+
+    def _pack(self, item: BatchItem) -> str:
+        names = [path.name if path.parent == self._out_dir else str(path) for path in item.paths]
+        row = [
+            item.key,
+            item.prompt,
+            item.status.value,
+            item.task_id,
+            item.cost,
+            names,
+            item.error,
+            item.earlier,
+        ]
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+    def _unpack(self, position: int, row: str) -> BatchItem:
+        key, prompt, status, task_id, cost, names, error, earlier = json.loads(row)
+        return BatchItem(
+            position=position,
+            key=key,
+            prompt=prompt,
+            status=BatchItemStatus(status),
+            task_id=task_id,
+            cost=cost,
+            paths=tuple(self._out_dir / name for name in names),
+            error=error,
+            earlier=earlier,
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> BatchItem: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[BatchItem]: ...
+
+    def __getitem__(self, index: int | slice) -> BatchItem | Sequence[BatchItem]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self._rows))))
+        position = range(len(self._rows))[index]  # IndexError, negative indexes
+        row = self._rows[position]
+        if row is None:
+            return self._live[position]
+        return self._unpack(position, row)
+
+    def __iter__(self) -> Iterator[BatchItem]:
+        for position in range(len(self._rows)):
+            yield self[position]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"({', '.join(repr(item) for item in self)})"
 
 
 # --- the runner --------------------------------------------------------------------------------
@@ -219,12 +344,13 @@ class Batch:
         self._retry_failed = retry_failed
         self._gallery = gallery
         self._gallery_dirty = anyio.Event()
+        self._gallery_error: str | None = None
         self._on_event: Callable[[BatchEvent], None] | None = None
         self._started = False
         self._stopping = False
         self._no_more_creates: str | None = None
         self._scopes: set[anyio.CancelScope] = set()
-        self._items: dict[int, BatchItem] = {}
+        self._items = _Outcomes(self._out_dir)
         self._positions: dict[str, int] = {}
         self._summary: BatchSummary | None = None
         self._slots = anyio.Semaphore(concurrency)
@@ -303,6 +429,8 @@ class Batch:
         spent_before = self._client.credits.spent
         await anyio.Path(self._out_dir).mkdir(parents=True, exist_ok=True)
         journal = await anyio.to_thread.run_sync(Journal.open, self._journal_path)
+        # Holding the journal's lock: no other batch of this journal writes here now.
+        await anyio.to_thread.run_sync(remove_leftovers, self._out_dir)
         remove_listener = self._client.add_retry_listener(self._on_retry)
         gallery = Gallery(self._out_dir, self._journal_path) if self._gallery else None
         try:
@@ -324,7 +452,7 @@ class Batch:
             journal.close()
         if gallery is not None:
             await self._write_gallery(gallery, running=False)
-        items = tuple(self._items[position] for position in sorted(self._items))
+        items = self._items
         counts = dict.fromkeys(BatchItemStatus, 0)
         total = 0
         for item in items:
@@ -365,12 +493,23 @@ class Batch:
             await anyio.sleep(GALLERY_INTERVAL)
 
     async def _write_gallery(self, gallery: Gallery, *, running: bool) -> None:
-        # A view of the journal: it must never break the batch.
+        # A view of the journal: it must never break the batch, nor flood its output.
         try:
             with anyio.CancelScope(shield=not running):
                 await anyio.to_thread.run_sync(functools.partial(gallery.write, running=running))
-        except (OSError, NanoBananaError):
-            logger.exception("writing the batch gallery failed")
+        except (OSError, NanoBananaError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            message = (
+                f"the gallery {gallery.path} was not updated: {reason}; the batch goes on "
+                f"(the gallery is a view of the journal: `nanobanana gallery {self._out_dir}` "
+                "rebuilds it)"
+            )
+            if message != self._gallery_error:
+                # One line, once per distinct cause: not a traceback every second.
+                logger.warning("%s", message)
+            self._gallery_error = message
+        else:
+            self._gallery_error = None
 
     @contextlib.contextmanager
     def _stoppable(self) -> Iterator[anyio.CancelScope]:
@@ -412,16 +551,19 @@ class Batch:
     ) -> None:
         """Record where an item ended and emit the event that says so."""
         prompt = prompt_excerpt(prompt)
-        self._items[position] = BatchItem(
-            position=position,
-            key=key,
-            prompt=prompt,
-            status=status,
-            task_id=task_id,
-            cost=cost,
-            paths=paths,
-            error=error,
-            earlier=earlier,
+        self._items.set(
+            BatchItem(
+                position=position,
+                key=key,
+                prompt=prompt,
+                status=status,
+                task_id=task_id,
+                cost=cost,
+                paths=paths,
+                error=error,
+                earlier=earlier,
+            ),
+            finished=True,
         )
         self._emit(
             BatchEvent(
@@ -461,35 +603,53 @@ class Batch:
                 return
             position += 1
             if isinstance(item, InvalidRequestError):
-                self._invalid(position, "", item)
+                await self._invalid(journal, position, "", item)
                 continue
             try:
                 request = (
                     item if isinstance(item, GenerationRequest) else GenerationRequest(prompt=item)
                 )
             except InvalidRequestError as exc:
-                self._invalid(position, item if isinstance(item, str) else "", exc)
+                await self._invalid(journal, position, item if isinstance(item, str) else "", exc)
                 continue
             key = keys.next(request)
             record = lookup(journal.index, key, position, request)
+            # Read once: an earlier run's record is not needed again after this (flat memory).
+            journal.index.pop(key, None)
             plan = self._plan(position, key, request, record)
             if plan is None:
                 continue
             attach = plan == "attach" and record is not None
             # Until its job starts, an item counts as not started (or, attached, as running).
-            self._items[position] = BatchItem(
-                position=position,
-                key=key,
-                prompt=prompt_excerpt(request.prompt),
-                status=BatchItemStatus.RUNNING if attach else BatchItemStatus.PENDING,
-                task_id=record.task_id if attach and record is not None else None,
-                cost=record.cost if attach and record is not None else None,
+            self._items.set(
+                BatchItem(
+                    position=position,
+                    key=key,
+                    prompt=prompt_excerpt(request.prompt),
+                    status=BatchItemStatus.RUNNING if attach else BatchItemStatus.PENDING,
+                    task_id=record.task_id if attach and record is not None else None,
+                    cost=record.cost if attach and record is not None else None,
+                ),
+                finished=False,
             )
             await self._window.acquire()
             group.start_soon(self._job, position, key, request, record, plan, journal)
 
-    def _invalid(self, position: int, prompt: str, error: InvalidRequestError) -> None:
+    async def _invalid(
+        self, journal: Journal, position: int, prompt: str, error: InvalidRequestError
+    ) -> None:
         key = hashlib.sha256(f"invalid\0{position}\0{error}".encode()).hexdigest()
+        # Journaled (nothing is sent) so that the gallery accounts for every input line.
+        await journal.write(
+            JournalRecord(
+                key=key,
+                position=position,
+                state="invalid",
+                prompt=prompt_excerpt(prompt),
+                error=str(error),
+                time=time.time(),
+            )
+        )
         self._finish(
             position,
             key,
@@ -681,8 +841,11 @@ class Batch:
                 )
             return None
         charged = task.credits_cost
-        self._items[position] = attrs.evolve(
-            self._items[position], status=BatchItemStatus.RUNNING, task_id=task.id, cost=charged
+        self._items.set(
+            attrs.evolve(
+                self._items[position], status=BatchItemStatus.RUNNING, task_id=task.id, cost=charged
+            ),
+            finished=False,
         )
         self._emit(
             BatchEvent(

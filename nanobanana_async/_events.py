@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -101,11 +101,14 @@ class BatchItem:
 class BatchSummary:
     """The outcome of a batch run: every item read, in input order, and the totals.
 
+    `items` is a read-only sequence that builds each `BatchItem` as it is read, so that the
+    summary of a batch of 100,000 prompts stays small.
+
     `credits_spent` is what this run spent as the client counts it (uncertain creates count as
     charged); `credits_total` what the batch's items cost in all runs (refunds excluded).
     """
 
-    items: tuple[BatchItem, ...]
+    items: Sequence[BatchItem]
     succeeded: int
     failed: int
     uncertain: int

@@ -8,7 +8,9 @@ replaced atomically, so a browser never reads half a page; while the batch runs 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import hashlib
 import html
 import math
 import os
@@ -29,6 +31,10 @@ from ._journal import JOURNAL_NAME, JournalRecord
 GALLERY_NAME = "index.html"
 #: Seconds between reloads of the page while its batch runs.
 DEFAULT_GALLERY_REFRESH = 5.0
+#: Items per page of a gallery: up to this many, ``index.html`` shows them all.
+DEFAULT_GALLERY_PAGE_SIZE = 500
+# Pages whose rendered cards are kept between writes (the pages a running batch touches).
+_CACHED_PAGES = 4
 
 # How a journal state shows, by whether the batch still runs: (css class, label).
 _RUNNING_VIEW = {
@@ -38,6 +44,7 @@ _RUNNING_VIEW = {
     "submitting": ("running", "submitting"),
     "running": ("running", "running"),
     "unsent": ("unsent", "not sent"),
+    "invalid": ("invalid", "invalid"),
 }
 _FINAL_VIEW = {
     **_RUNNING_VIEW,
@@ -53,6 +60,7 @@ _EXPLAIN = {
         "the run ended before its images were saved; a rerun attaches to the task, never re-sends"
     ),
     ("unsent", "not sent"): "nothing was charged; a rerun sends it",
+    ("invalid", "invalid"): "this input line is not a valid request: nothing was sent",
 }
 _UNCERTAIN_NOTE = "(may have been charged: re-sent only with --retry-uncertain)"
 # Read at most this much of an image to find its pixel size (JPEG headers can be long).
@@ -153,6 +161,14 @@ h1{margin:0 0 8px;font-size:19px;font-weight:650}
 .stats .done b{color:var(--done)}.stats .failed b{color:var(--failed)}
 .stats .uncertain b{color:var(--uncertain)}.stats .running b{color:var(--running)}
 .stats .unsent b{color:var(--unsent)}
+.pages{margin:8px 0 0;display:flex;gap:14px;font-size:13px}
+.pagelist{margin:0;padding:0 0 0 2.5em;grid-column:1/-1;columns:2 420px;column-gap:32px}
+.pagelist li{padding:3px 0;break-inside:avoid;font-variant-numeric:tabular-nums}
+.pagelist span{margin-left:10px;color:var(--muted);font-size:12px}
+.pagelist .done{color:var(--done)}.pagelist .failed,.pagelist .invalid{color:var(--failed)}
+.pagelist .uncertain{color:var(--uncertain)}.pagelist .running{color:var(--running)}
+.pagelist .unsent{color:var(--unsent)}
+a{color:var(--running)}
 .when{margin:6px 0 0;color:var(--muted);font-size:12px}
 main{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:16px;
 padding:20px 24px 32px}
@@ -161,7 +177,7 @@ padding:20px 24px 32px}
 border:1px solid var(--line);border-top:4px solid var(--c,var(--line));border-radius:10px;
 overflow:hidden}
 .card.done{--c:var(--done)}.card.failed{--c:var(--failed)}.card.uncertain{--c:var(--uncertain)}
-.card.running{--c:var(--running)}.card.unsent{--c:var(--unsent)}
+.card.running{--c:var(--running)}.card.unsent{--c:var(--unsent)}.card.invalid{--c:var(--failed)}
 .thumbs{display:grid;grid-template-columns:repeat(var(--n,1),1fr);gap:2px;background:var(--line)}
 .thumbs a{display:block;min-width:0}
 .thumbs img{display:block;width:100%;height:auto;aspect-ratio:1;object-fit:cover;
@@ -313,7 +329,7 @@ def _card(
 def _credits_text(entry: JournalRecord, css: str) -> str | None:
     if css == "failed":
         return "refunded" if entry.state == "failed" else None
-    if css == "unsent":
+    if css in ("unsent", "invalid"):
         return "0 credits"
     if css == "uncertain":
         cost = entry.cost if entry.cost is not None else _estimate(entry.model)
@@ -333,26 +349,22 @@ def _charged(entry: JournalRecord) -> tuple[int, int]:
 
 
 def _header(
-    entries: list[JournalRecord],
-    first: float | None,
-    last: float | None,
+    tally: _Tally,
     *,
     title: str,
     running: bool,
     refresh: float,
     now: float,
-) -> str:
-    counts = dict.fromkeys(("done", "failed", "uncertain", "running", "unsent"), 0)
-    view = _RUNNING_VIEW if running else _FINAL_VIEW
-    charged = maybe = 0
-    for entry in entries:
-        counts[view[entry.state][0]] += 1
-        sure, unsure = _charged(entry)
-        charged += sure
-        maybe += unsure
+    scope: str | None = None,
+    nav: str = "",
+) -> list[str]:
+    """The page's head and its summary header (counts, credits, time), up to ``<main>``."""
+    counts = tally.view_counts(running=running)
+    failed = counts["failed"] + counts["invalid"]
+    invalid = f" ({counts['invalid']} invalid input)" if counts["invalid"] else ""
     stats = [
         f'<li class="done"><b>{counts["done"]}</b> done</li>',
-        f'<li class="failed"><b>{counts["failed"]}</b> failed</li>',
+        f'<li class="failed"><b>{failed}</b> failed{invalid}</li>',
         f'<li class="uncertain"><b>{counts["uncertain"]}</b> uncertain</li>',
     ]
     if counts["running"]:
@@ -360,9 +372,13 @@ def _header(
         stats.append(f'<li class="running"><b>{counts["running"]}</b> {word}</li>')
     if counts["unsent"]:
         stats.append(f'<li class="unsent"><b>{counts["unsent"]}</b> not sent</li>')
-    note = f" + up to {maybe} uncertain" if maybe else ""
-    stats.append(f'<li class="credits"><b>{charged}</b> credits{note}</li>')
-    when = f"{len(entries)} item" + ("" if len(entries) == 1 else "s")
+    note = f" + up to {tally.maybe} uncertain" if tally.maybe else ""
+    stats.append(f'<li class="credits"><b>{tally.charged}</b> credits{note}</li>')
+    items = tally.items
+    when = f"{items:,} item" + ("" if items == 1 else "s")
+    if scope is not None:
+        when = f"{scope}: {when}"
+    first, last = tally.first, tally.last
     if first is not None and last is not None:
         end = now if running else last
         stats.append(f'<li class="time"><b>{_duration(max(0.0, end - first))}</b> elapsed</li>')
@@ -386,32 +402,139 @@ def _header(
         f"<style>{_CSS}</style>",
         "</head><body>",
         f'<header><h1>{_e(title)}</h1><ul class="stats">{"".join(stats)}</ul>',
-        f'<p class="when">{_e(when)}</p></header>',
-        "<main>",
+        f'<p class="when">{_e(when)}</p>{nav}</header>',
     ]
-    if not entries:
-        head.append('<p class="empty">No items yet.</p>')
-    return "\n".join(head)
+    return head
+
+
+# --- the page's state ----------------------------------------------------------------------------
+
+# Journal states by code: an item's state is kept as its index here (a small int, shared).
+_STATES = ("submitting", "running", "succeeded", "failed", "uncertain", "unsent", "invalid")
+_CODE = {state: code for code, state in enumerate(_STATES)}
+_VIEW_CLASSES = ("done", "failed", "invalid", "uncertain", "running", "unsent")
+
+
+class _Tally:
+    """Counts of items by journal state, credits and times, kept up to date record by record."""
+
+    __slots__ = ("by_state", "charged", "first", "last", "maybe")
+
+    def __init__(self) -> None:
+        self.by_state = [0] * len(_STATES)
+        self.charged = 0
+        self.maybe = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    @property
+    def items(self) -> int:
+        return sum(self.by_state)
+
+    def add(self, item: _Item, sign: int) -> None:
+        self.by_state[item.code] += sign
+        self.charged += sign * item.sure
+        self.maybe += sign * item.unsure
+
+    def saw(self, started: float | None, moment: float) -> None:
+        for value in (started, moment or None):
+            if value is None:
+                continue
+            self.first = value if self.first is None else min(self.first, value)
+            self.last = value if self.last is None else max(self.last, value)
+
+    def merge(self, other: _Tally) -> None:
+        for code, count in enumerate(other.by_state):
+            self.by_state[code] += count
+        self.charged += other.charged
+        self.maybe += other.maybe
+        for value in (other.first, other.last):
+            if value is not None:
+                self.saw(None, value)
+
+    def view_counts(self, *, running: bool) -> dict[str, int]:
+        view = _RUNNING_VIEW if running else _FINAL_VIEW
+        counts = dict.fromkeys(_VIEW_CLASSES, 0)
+        for code, count in enumerate(self.by_state):
+            counts[view[_STATES[code]][0]] += count
+        return counts
+
+    def live(self) -> bool:
+        """Whether items of this tally show as running while the batch runs."""
+        return bool(self.by_state[_CODE["submitting"]] or self.by_state[_CODE["running"]])
+
+
+class _Item:
+    """Where an item's last journal record is, and what it adds to the counts (no text kept)."""
+
+    __slots__ = ("code", "length", "offset", "page", "started", "sure", "unsure")
+
+    def __init__(
+        self, page: int, offset: int, length: int, code: int, sure: int, unsure: int, started: float
+    ) -> None:
+        self.page = page
+        self.offset = offset
+        self.length = length
+        self.code = code
+        self.sure = sure
+        self.unsure = unsure
+        self.started = started
+
+
+class _Page:
+    """The items whose position falls in one page, and whether its file must be rewritten."""
+
+    __slots__ = ("dirty", "keys", "tally")
+
+    def __init__(self) -> None:
+        self.keys: set[int] = set()
+        self.tally = _Tally()
+        self.dirty = True
+
+
+def _key_id(key: str) -> int:
+    """A compact stand-in for an item's key: 64 bits of its hash (a key's text costs 113 B)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _replace(target: Path, text: str) -> None:
+    """Write *text* to *target* through a temporary file of its own, moved into place."""
+    # A name of its own, so that writers in other processes never share a temporary file.
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+    try:
+        with temporary.open("x", encoding="utf-8", newline="\n") as stream:
+            stream.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 # --- the public surface ------------------------------------------------------------------------
 
 
 class Gallery:
-    """A batch's gallery page (``out_dir/index.html``), kept up to date cheaply while it runs.
+    """A batch's gallery (``out_dir/index.html``), kept up to date cheaply while it runs.
 
-    Each `write` reads only the journal lines added since the last one and renders again only
-    the cards whose record or image files changed, so it can be called after every finished item
-    of a large batch. One-off pages: `write_gallery`. Safe to use from several threads.
+    Up to `page_size` items, the page shows every item. Beyond, ``index.html`` summarises the
+    batch (counts, credits, time, and one line per page with its own counts) and the items are
+    shown on pages of at most `page_size` items each, by input position (``page-0001.html``...).
+    Each `write` reads only the journal lines added since the last one and rewrites only the
+    index and the pages whose items changed (or are running), so its cost follows what changed,
+    not the batch's size, and the memory it keeps per item is a few small numbers, no text.
+    One-off pages: `write_gallery`. Safe to use from several threads.
 
     Args:
         out_dir: The batch's output folder (image paths in the page are relative to it).
         journal: The batch's journal; default ``out_dir/journal.jsonl``.
         refresh: Seconds between reloads of the page while the batch runs.
         title: The page's heading; default the folder's name.
+        page_size: Items per page.
 
     Raises:
-        InvalidRequestError: If *refresh* is not a positive number.
+        InvalidRequestError: If *refresh* is not a positive number or *page_size* below 1.
     """
 
     def __init__(
@@ -421,19 +544,30 @@ class Gallery:
         *,
         refresh: float = DEFAULT_GALLERY_REFRESH,
         title: str | None = None,
+        page_size: int = DEFAULT_GALLERY_PAGE_SIZE,
     ) -> None:
         if not (math.isfinite(refresh) and refresh > 0):
             raise InvalidRequestError("refresh", f"must be a positive number of seconds: {refresh}")
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise InvalidRequestError("page_size", f"must be at least 1: {page_size}")
         self._out_dir = Path(out_dir)
         self._journal = Path(journal) if journal is not None else self._out_dir / JOURNAL_NAME
         self._refresh = refresh
         self._title = title
+        self._page_size = page_size
         self._lock = threading.Lock()
         self._file: tuple[int, int] | None = None
         self._offset = 0
-        self._entries: dict[str, JournalRecord] = {}
-        self._started: dict[str, float] = {}
-        self._cards: dict[str, tuple[tuple[object, ...], str]] = {}
+        self._items: dict[int, _Item] = {}
+        self._pages: dict[int, _Page] = {}
+        # Input lines found invalid, by position: a later record at that position replaces them.
+        self._invalid_at: dict[int, int] = {}
+        self._times = _Tally()
+        self._written: tuple[bool, bool] | None = None  # (running, paged) of the last write
+        # Rendered cards of the pages rendered last (a few pages, never the whole batch).
+        self._cards: collections.OrderedDict[int, dict[str, tuple[tuple[object, ...], str]]] = (
+            collections.OrderedDict()
+        )
 
     def __repr__(self) -> str:
         return (
@@ -451,91 +585,232 @@ class Gallery:
         """The journal the page is rendered from."""
         return self._journal
 
+    @property
+    def page_size(self) -> int:
+        """Items per page."""
+        return self._page_size
+
+    def page_path(self, number: int) -> Path:
+        """Where page *number* (1 for input positions 0 to `page_size` - 1) is written."""
+        return self._out_dir / _page_name(number)
+
     def write(self, *, running: bool = False) -> Path:
-        """Render the page from the journal and replace the old one atomically; return its path.
+        """Render the gallery from the journal and replace what changed atomically; return its path.
 
         Args:
-            running: Whether the batch still runs: the page then reloads itself, and items in
+            running: Whether the batch still runs: the pages then reload themselves, and items in
                 flight show as running rather than as unfinished or uncertain.
 
         Raises:
             InvalidRequestError: If the journal does not exist.
-            OSError: If the page cannot be written.
+            OSError: If a page cannot be written (the next write tries that page again).
         """
         with self._lock:
-            self._read()
-            page = self._render(running=running, now=time.time())
-            target = self.path
-            # A name of its own, so that writers in other processes never share a temporary file.
-            temporary = self._out_dir / f".{GALLERY_NAME}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+            fd = self._read()
             try:
-                with temporary.open("x", encoding="utf-8", newline="\n") as stream:
-                    stream.write(page)
-                os.replace(temporary, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
-                raise
-            return target
+                self._write(fd, running=running, now=time.time())
+            finally:
+                os.close(fd)
+            return self.path
 
-    def _read(self) -> None:
-        """Read the journal's complete lines added since the last call (all of it if replaced)."""
+    # --- reading the journal ---------------------------------------------------------------------
+
+    def _read(self) -> int:
+        """Read the journal's complete lines added since the last call; return an open fd on it."""
         try:
-            stream = self._journal.open("rb")
+            fd = os.open(self._journal, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             raise InvalidRequestError("journal", f"{self._journal} does not exist") from None
-        with stream:
-            stat = os.fstat(stream.fileno())
+        try:
+            stat = os.fstat(fd)
             if (stat.st_dev, stat.st_ino) != self._file or stat.st_size < self._offset:
-                self._file = (stat.st_dev, stat.st_ino)
-                self._offset = 0
-                self._entries.clear()
-                self._started.clear()
-            stream.seek(self._offset)
-            data = stream.read()
-        end = data.rfind(b"\n") + 1  # a line still being written is read next time
-        self._offset += end
-        for line in data[:end].splitlines():
-            entry = _entry(line)
-            if entry is None:
-                continue
-            self._entries[entry.key] = entry
-            if entry.key not in self._started and entry.time:
-                self._started[entry.key] = entry.time
+                self._reset((stat.st_dev, stat.st_ino))
+            with os.fdopen(os.dup(fd), "rb") as stream:
+                stream.seek(self._offset)
+                at = self._offset
+                for line in stream:
+                    if not line.endswith(b"\n"):
+                        break  # a line still being written is read next time
+                    self._add(line, at)
+                    at += len(line)
+                self._offset = at
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
-    def _render(self, *, running: bool, now: float) -> str:
-        entries = sorted(
-            self._entries.values(),
-            key=lambda e: (e.position, self._started.get(e.key, 0.0), e.key),
-        )
-        cards = []
-        for entry in entries:
-            started = self._started.get(entry.key)
-            files = _file_tokens(self._out_dir, entry.files) if entry.state == "succeeded" else ()
-            live = running and _RUNNING_VIEW[entry.state][0] == "running"
-            signature = (entry, started, files, running)
-            cached = self._cards.get(entry.key)
-            if cached is not None and cached[0] == signature and not live:
-                cards.append(cached[1])
-                continue
-            card = _card(entry, started, files, self._out_dir, running=running, now=now)
-            self._cards[entry.key] = (signature, card)
-            cards.append(card)
-        times = [e.time for e in entries if e.time]
-        times += self._started.values()
+    def _reset(self, file: tuple[int, int]) -> None:
+        self._file = file
+        self._offset = 0
+        self._items.clear()
+        self._pages.clear()
+        self._invalid_at.clear()
+        self._times = _Tally()
+        self._cards.clear()
+        self._written = None
+
+    def _add(self, line: bytes, offset: int) -> None:
+        entry = _entry(line)
+        if entry is None:
+            return
+        key = _key_id(entry.key)
+        old = self._items.get(key)
+        started = old.started if old is not None else entry.time
+        sure, unsure = _charged(entry)
+        number = entry.position // self._page_size
+        item = _Item(number, offset, len(line), _CODE[entry.state], sure, unsure, started)
+        if old is not None:
+            self._drop(key, old)
+        invalid = self._invalid_at.get(entry.position)
+        if invalid is not None and invalid != key:
+            # The line at this position was invalid in an earlier run and reads well now.
+            earlier = self._items.get(invalid)
+            if earlier is not None:
+                self._drop(invalid, earlier)
+            del self._invalid_at[entry.position]
+        if entry.state == "invalid":
+            self._invalid_at[entry.position] = key
+        self._items[key] = item
+        page = self._pages.get(number)
+        if page is None:
+            page = self._pages[number] = _Page()
+        page.keys.add(key)
+        page.tally.add(item, 1)
+        page.tally.saw(started, entry.time)
+        page.dirty = True
+        self._times.saw(started, entry.time)
+
+    def _drop(self, key: int, item: _Item) -> None:
+        page = self._pages[item.page]
+        page.keys.discard(key)
+        page.tally.add(item, -1)
+        page.dirty = True
+        del self._items[key]
+
+    # --- writing the pages -----------------------------------------------------------------------
+
+    def _write(self, fd: int, *, running: bool, now: float) -> None:
         title = self._title
         if title is None:
             title = f"nanobanana batch: {self._out_dir.resolve().name}"
-        head = _header(
-            entries,
-            min(times) if times else None,
-            max(times) if times else None,
-            title=title,
-            running=running,
-            refresh=self._refresh,
-            now=now,
-        )
-        return "\n".join([head, *cards, "</main>", "</body></html>", ""])
+        paged = any(number > 0 for number in self._pages)
+        if self._written != (running, paged):
+            for page in self._pages.values():
+                page.dirty = True
+        if not paged:
+            first = self._pages.get(0)
+            head = _header(
+                self._tally(), title=title, running=running, refresh=self._refresh, now=now
+            )
+            body = self._cards_of(fd, 0, running=running, now=now)
+            if not body:
+                body = ['<p class="empty">No items yet.</p>']
+            text = "\n".join([*head, "<main>", *body, "</main>", "</body></html>", ""])
+            _replace(self.path, text)
+            if first is not None:
+                first.dirty = False
+            self._written = (running, paged)
+            return
+        numbers = sorted(self._pages)
+        for at, number in enumerate(numbers):
+            page = self._pages[number]
+            if not (page.dirty or (running and page.tally.live())):
+                continue
+            low = number * self._page_size
+            scope = f"page {number + 1}, #{low}-#{low + self._page_size - 1}"
+            links = ['<a href="index.html">all pages</a>']
+            if at > 0:
+                links.append(f'<a href="{_page_name(numbers[at - 1] + 1)}" rel="prev">previous</a>')
+            if at + 1 < len(numbers):
+                links.append(f'<a href="{_page_name(numbers[at + 1] + 1)}" rel="next">next</a>')
+            nav = f'<nav class="pages">{" · ".join(links)}</nav>'
+            head = _header(
+                page.tally,
+                title=title,
+                running=running,
+                refresh=self._refresh,
+                now=now,
+                scope=scope,
+                nav=nav,
+            )
+            body = self._cards_of(fd, number, running=running, now=now)
+            text = "\n".join([*head, "<main>", *body, "</main>", "</body></html>", ""])
+            # The page is clean only once written: a failed write is tried again next time.
+            _replace(self.page_path(number + 1), text)
+            page.dirty = False
+        self._written = (running, paged)
+        _replace(self.path, self._index(title, running=running, now=now))
+
+    def _tally(self) -> _Tally:
+        total = _Tally()
+        for page in self._pages.values():
+            total.merge(page.tally)
+        total.first, total.last = self._times.first, self._times.last
+        return total
+
+    def _index(self, title: str, *, running: bool, now: float) -> str:
+        head = _header(self._tally(), title=title, running=running, refresh=self._refresh, now=now)
+        view = _RUNNING_VIEW if running else _FINAL_VIEW
+        rows = []
+        for number in sorted(self._pages):
+            page = self._pages[number]
+            low = number * self._page_size
+            counts = page.tally.view_counts(running=running)
+            parts = [
+                f'<span class="{css}">{counts[css]} {_e(word)}</span>'
+                for css, word in (
+                    ("done", "done"),
+                    ("failed", "failed"),
+                    ("invalid", "invalid"),
+                    ("uncertain", "uncertain"),
+                    ("running", view["running"][1]),
+                    ("unsent", "not sent"),
+                )
+                if counts[css]
+            ]
+            name = _page_name(number + 1)
+            rows.append(
+                f'<li><a href="{name}">page {number + 1}</a> '
+                f'<span class="range">#{low}-#{low + self._page_size - 1}</span> '
+                f"{' '.join(parts)}</li>"
+            )
+        listing = f'<ol class="pagelist">{"".join(rows)}</ol>'
+        return "\n".join([*head, "<main>", listing, "</main>", "</body></html>", ""])
+
+    def _cards_of(self, fd: int, number: int, *, running: bool, now: float) -> list[str]:
+        """Render the cards of page *number*, reusing the cards of recent renders that hold."""
+        page = self._pages.get(number)
+        if page is None:
+            return []
+        entries: list[tuple[JournalRecord, float]] = []
+        for key in page.keys:
+            item = self._items[key]
+            entry = _entry(os.pread(fd, item.length, item.offset))
+            if entry is not None:
+                entries.append((entry, item.started))
+        entries.sort(key=lambda pair: (pair[0].position, pair[1], pair[0].key))
+        cache = self._cards.pop(number, {})
+        fresh: dict[str, tuple[tuple[object, ...], str]] = {}
+        cards = []
+        for entry, started in entries:
+            files = _file_tokens(self._out_dir, entry.files) if entry.state == "succeeded" else ()
+            live = running and _RUNNING_VIEW[entry.state][0] == "running"
+            signature = (entry, started, files, running)
+            cached = cache.get(entry.key)
+            if cached is not None and cached[0] == signature and not live:
+                card = cached[1]
+            else:
+                card = _card(entry, started, files, self._out_dir, running=running, now=now)
+            fresh[entry.key] = (signature, card)
+            cards.append(card)
+        self._cards[number] = fresh
+        while len(self._cards) > _CACHED_PAGES:
+            self._cards.popitem(last=False)
+        return cards
+
+
+def _page_name(number: int) -> str:
+    return f"page-{number:04d}.html"
 
 
 def write_gallery(
@@ -545,13 +820,16 @@ def write_gallery(
     running: bool = False,
     refresh: float = DEFAULT_GALLERY_REFRESH,
     title: str | None = None,
+    page_size: int = DEFAULT_GALLERY_PAGE_SIZE,
 ) -> Path:
     """Render the batch in *out_dir* as ``out_dir/index.html`` from its journal; return its path.
 
-    The page shows every journaled item in input order (images as lazily loaded thumbnails, failed
-    and uncertain items with their reason) under a summary of counts, credits and time. It is
-    written to a temporary file and moved into place, so it can be opened while the batch runs.
-    To keep a page up to date during a run, hold a `Gallery` instead (it reads only what changed).
+    The page shows every journaled item in input order (images as lazily loaded thumbnails, failed,
+    invalid and uncertain items with their reason) under a summary of counts, credits and time.
+    Beyond *page_size* items, ``index.html`` summarises the pages and links to them (see `Gallery`).
+    Every file is written to a temporary file and moved into place, so it can be opened while the
+    batch runs. To keep a gallery up to date during a run, hold a `Gallery` instead (it reads and
+    rewrites only what changed).
 
     Args:
         out_dir: The batch's output folder (image paths in the page are relative to it).
@@ -560,9 +838,12 @@ def write_gallery(
             seconds, and items in flight show as running rather than unfinished or uncertain.
         refresh: Seconds between reloads while running.
         title: The page's heading; default the folder's name.
+        page_size: Items per page.
 
     Raises:
-        InvalidRequestError: If the journal does not exist or *refresh* is not positive.
-        OSError: If the page cannot be written.
+        InvalidRequestError: If the journal does not exist, *refresh* is not positive or
+            *page_size* below 1.
+        OSError: If a page cannot be written.
     """
-    return Gallery(out_dir, journal, refresh=refresh, title=title).write(running=running)
+    gallery = Gallery(out_dir, journal, refresh=refresh, title=title, page_size=page_size)
+    return gallery.write(running=running)

@@ -9,6 +9,7 @@ item by its key and holds its state:
 - ``failed``: the service said the task failed (and refunded it).
 - ``uncertain``: the create may have been charged but its answer was lost.
 - ``unsent``: nothing was charged (refused, budget, network): a rerun sends it.
+- ``invalid``: the input line is not a valid request (nothing sent); shown by the gallery only.
 
 An item's key comes from its content (prompt, model, ratio, size, references) and its occurrence
 among identical requests, never from its line number: inserting, removing or reordering lines of
@@ -23,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +39,9 @@ from ._models import GenerationRequest
 #: The journal's file name in the output folder, unless another path is given.
 JOURNAL_NAME = "journal.jsonl"
 #: The states a record can hold.
-STATES = frozenset({"submitting", "running", "succeeded", "failed", "uncertain", "unsent"})
+STATES = frozenset(
+    {"submitting", "running", "succeeded", "failed", "uncertain", "unsent", "invalid"}
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -169,13 +173,15 @@ class ItemKeys:
     """Hands out the keys of a batch's items in input order (counting identical requests)."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, int] = {}
+        # By 64 bits of the key (a number, not its 64 characters): flat memory at 100k items.
+        self._seen: dict[int, int] = {}
 
     def next(self, request: GenerationRequest) -> str:
         """Return the key of the next item, *request*."""
         content = request_key(request)
-        occurrence = self._seen.get(content, 0)
-        self._seen[content] = occurrence + 1
+        short = int(content[:16], 16)
+        occurrence = self._seen.get(short, 0)
+        self._seen[short] = occurrence + 1
         return content if occurrence == 0 else request_key(request, occurrence)
 
 
@@ -268,6 +274,7 @@ class Journal:
         self.index = index
         self._fd: int | None = fd
         self._lock = anyio.Lock()
+        self._fd_lock = threading.Lock()
 
     @classmethod
     def open(cls, path: Path) -> Journal:
@@ -297,16 +304,21 @@ class Journal:
             raise
 
     def _write(self, data: bytes) -> None:
-        # A create that answers after the batch stopped still records its task id: reopen.
-        fd = self._fd if self._fd is not None else os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            if fd != self._fd:
-                os.close(fd)
+        # Held while the fd is in use: a close() meanwhile would close it under this write, and
+        # the write's own close would then close a number the process may have reused.
+        with self._fd_lock:
+            # A create that answers after the batch stopped still records its task id: reopen.
+            opened = self._fd is None
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND) if opened else self._fd
+            assert fd is not None
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                if opened:
+                    os.close(fd)
 
     async def write(self, record: JournalRecord) -> None:
         """Append *record* and fsync it; a cancellation waits until it is on disk."""
@@ -314,13 +326,15 @@ class Journal:
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 await anyio.to_thread.run_sync(self._write, line)
-        self.index[record.key] = record
+        # Not added to `index` (the records read at open): a batch reads each item's record
+        # once, and keeping every record written would cost memory per item.
 
     def close(self) -> None:
         """Close the file (a late record reopens it)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        with self._fd_lock:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
 
 
 def _lock(fd: int, path: Path) -> None:

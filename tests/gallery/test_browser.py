@@ -179,3 +179,42 @@ async def test_a_running_gallery_reloads_itself_in_a_browser(
     assert await page.locator(".card.running").count() == 0
     assert await page.locator(".card.done").count() == 3
     assert await page.locator('meta[http-equiv="refresh"]').count() == 0
+
+
+async def test_a_paged_gallery_navigates_in_a_browser(tmp_path: Path, browser: Browser) -> None:
+    """The index links every page; each page shows its cards and images, a <script> stays text."""
+    runs = await run_batches(tmp_path / "out")
+    index = nb.write_gallery(runs.folder, page_size=2)
+    page = await browser.new_page(viewport=VIEWPORT)
+    watch = _Watch(page)
+    await page.goto(index.as_uri(), wait_until="load")
+    assert await page.locator(".card").count() == 0
+    assert await page.locator(".pagelist a").all_inner_texts() == ["page 1", "page 2", "page 3"]
+
+    await page.locator(".pagelist a", has_text="page 1").click()
+    await page.wait_for_load_state("load")
+    assert page.url.endswith("/page-0001.html")
+    assert await page.locator(".card").nth(1).locator(".prompt").inner_text() == HOSTILE_PROMPT
+    widths = await page.evaluate(
+        """async () => {
+            const images = [...document.images];
+            images.forEach((img) => { img.loading = "eager"; });
+            await Promise.all(images.map((img) => img.decode()));
+            return images.map((img) => img.naturalWidth);
+        }"""
+    )
+    assert len(widths) == 2
+    assert all(width > 0 for width in widths)
+
+    seen = []
+    for _ in range(2):
+        await page.locator("nav.pages a[rel=next]").click()
+        await page.wait_for_load_state("load")
+        seen += await page.locator(".card").evaluate_all("cards => cards.map(c => c.id)")
+    assert page.url.endswith("/page-0003.html")
+    assert seen == ["item-2", "item-3", "item-4"]
+    assert await page.locator("nav.pages a[rel=next]").count() == 0
+    assert await page.evaluate("typeof window.pwned") == "undefined"
+    folder = runs.folder.resolve().as_uri() + "/"
+    assert all(url.startswith(folder) for url in watch.urls), watch.urls
+    assert watch.errors == []
