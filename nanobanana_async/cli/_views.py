@@ -6,8 +6,10 @@ import argparse
 import enum
 import json
 import os
+import re
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,10 +29,43 @@ _MAX_PROBLEMS = 20  # problem lines listed under the summary (identical problems
 
 # --- output ------------------------------------------------------------------------------------
 
+#: Format characters that reorder or hide text on a terminal (bidi overrides, isolates, marks).
+_INVISIBLE = frozenset(
+    "\u061c\u200b\u200c\u200d\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+    "\u2060\u2066\u2067\u2068\u2069\ufeff"
+)
+
+
+def _escaped(char: str) -> str:
+    if char in "\t\n\r":
+        return " "  # a server's line break must not forge a line of ours
+    if unicodedata.category(char) == "Cc" or char in _INVISIBLE:
+        # JSON's own escape: inside a JSON string it stands for the same character.
+        return f"\\u{ord(char):04x}"
+    return char
+
+
+#: Every character `safe` rewrites: C0 and C1 controls, DEL, and `_INVISIBLE`.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(sorted(_INVISIBLE)) + "]")
+
+
+def safe(text: str) -> str:
+    """Return *text* fit for a terminal: one line, no control or bidi character left raw.
+
+    Server text (a failure reason, an error body), file names and prompts can hold ESC, OSC or
+    CSI sequences that retitle the window, clear the screen or fake output; C0 and C1 controls,
+    DEL, bidi overrides and invisible format characters become visible ``\\uXXXX`` escapes (in a
+    JSON line, the same escape JSON uses), and line breaks become spaces. Every line the command
+    prints goes through it.
+    """
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda match: _escaped(match.group()), text)
+
 
 def write(stream: TextIO, text: str) -> None:
-    """Write one line and flush it (a pipe reader sees each line as it happens)."""
-    stream.write(text + "\n")
+    """Write one line, made `safe`, and flush it (a pipe reader sees each line as it happens)."""
+    stream.write(safe(text) + "\n")
     stream.flush()
 
 
@@ -367,7 +402,7 @@ class RichView(View):
     def _print(self, text: str, style: str | None = None) -> None:
         from rich.text import Text
 
-        self._progress.console.print(Text(text, style=style or ""))
+        self._progress.console.print(Text(safe(text), style=style or ""))
 
     def event(self, event: BatchEvent) -> None:
         super().event(event)
@@ -417,16 +452,17 @@ class RichView(View):
         table.add_column(style="bold")
         table.add_column()
         for name, value in summary_rows(summary, self.tally.total, show_journal=show_journal):
-            table.add_row(name, value)
-        self._console.print(table)
+            table.add_row(safe(name), safe(value))
+        self._console.print(table, markup=False)
         for line in problem_lines(summary):
-            self._console.print(line, style="red", markup=False)
+            self._console.print(safe(line), style="red", markup=False)
 
 
 def _escape(text: str) -> str:
+    """Return *text* made `safe` and escaped for rich's markup (task labels and infos)."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(safe(text))
 
 
 def _has_rich() -> bool:
