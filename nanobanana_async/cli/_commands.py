@@ -36,7 +36,15 @@ from .. import (
 from .._batch import Batch, slugify
 from .._events import BatchEvent, BatchEventKind, BatchSummary, follow, retry_event
 from .._gallery import GALLERY_NAME, write_gallery
-from .._journal import JOURNAL_NAME, ItemKeys, decide, journal_credits, lookup, read_journal
+from .._journal import (
+    JOURNAL_NAME,
+    ItemKeys,
+    credits_spent,
+    decide,
+    journal_credits,
+    lookup,
+    scan_journal,
+)
 from ._checks import UsageError, check_file, check_folder, check_model, open_client
 from ._input import Defaults, input_format, read_input, scan
 from ._views import (
@@ -167,7 +175,8 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
     Items the journal records as done, running, failed or uncertain are counted apart, as the
     run would treat them: only what it would create costs credits.
     """
-    records = read_journal(plan.journal)
+    found = scan_journal(plan.journal)
+    records = found.records
     counts = {"send": 0, "done": 0, "attach": 0, "failed": 0, "uncertain": 0}
     credits = 0
     unpriced: set[str] = set()
@@ -191,7 +200,7 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
                 unpriced.add(item.model)
             else:
                 credits += cost
-    spent = journal_credits(plan.journal)
+    spent = credits_spent(records.values())
     code = EXIT_FAILED if problems else EXIT_OK
     if args.json:
         data = {
@@ -206,6 +215,7 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
             "uncertain_earlier": counts["uncertain"],
             "invalid": len(problems),
             "credits_spent_earlier": spent,
+            "journal_lines_skipped": found.skipped,
             "budget": args.budget,
             "journal": str(plan.journal),
             "exit_code": code,
@@ -230,6 +240,8 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
         )
     if spent:
         rows.append(("spent", f"{spent} credits in earlier runs ({plan.journal})"))
+    if found.skipped:
+        rows.append(("journal", f"{found.skipped} unreadable lines skipped ({plan.journal})"))
     if args.budget is not None:
         left = max(0, args.budget - spent)
         verdict = "fits" if credits <= left else f"does not fit: {credits - left} credits short"
