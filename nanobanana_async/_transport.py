@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import ssl as ssl_module
@@ -58,28 +59,93 @@ def env_proxy(url: yarl.URL) -> str | None:
 _ENTITIES = {"/": "sol", "+": "plus", "=": "equals", "-": "hyphen", "_": "lowbar", ".": "period"}
 
 
+#: The shortest part of a key after its prefix (``sk-``) that is redacted on its own.
+MIN_KEY_REST = 8
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _char_forms(char: str) -> str:
+    """Return the alternatives one character of the key may come as (case-insensitive)."""
+    code = ord(char)
+    forms = [re.escape(char), r"\\+" + re.escape(char)]
+    if code <= 0xFFFF:
+        forms.append(rf"\\+u{code:04x}")
+    forms.append("".join(rf"%(?:25)*{byte:02x}" for byte in char.encode()))
+    forms.append(rf"&#0*{code};")
+    forms.append(rf"&#x0*{code:x};")
+    if char in _ENTITIES:
+        forms.append(f"&{_ENTITIES[char]};")
+    if char == "+":
+        forms.append(" ")
+    return "(?:" + "|".join(forms) + ")"
+
+
+def key_rest(key: str) -> str | None:
+    """Return the key without its prefix (up to the first ``-`` or ``_``), if long enough alone."""
+    cut = min((i for i in (key.find("-"), key.find("_")) if i >= 0), default=-1)
+    rest = key[cut + 1 :] if cut >= 0 else ""
+    return rest if len(rest) >= MIN_KEY_REST else None
+
+
+def base64_runs(key: str) -> list[str]:
+    """Return the base64 text the key shows as inside any base64 blob (standard and urlsafe).
+
+    The key may start at any of three byte offsets of the encoded data; for each, the characters
+    that depend on the key's bytes alone are the same whatever surrounds it.
+    """
+    data = key.encode("utf-8", "surrogatepass")
+    runs: list[str] = []
+    for align in range(3):
+        encoded = base64.b64encode(b"\0" * align + data + b"\0\0").decode()
+        start, end = -(-8 * align // 6), 8 * (align + len(data)) // 6
+        run = encoded[start:end]
+        for form in (run, run.translate(_URLSAFE)):
+            if len(form) >= MIN_KEY_REST and form not in runs:
+                runs.append(form)
+    return runs
+
+
 def key_pattern(key: str) -> str:
     """Return a regular expression matching *key* in every form a server may echo it in.
 
     Each character may come raw, backslash-escaped (JSON's `\\/`, at any depth), as a JSON
     `\\uXXXX` escape, percent-encoded (also twice), as an HTML character reference, or (`+`)
-    as the space a form decoder makes of it. Forms may mix within one key.
+    as the space a form decoder makes of it. Forms may mix within one key, in any letter case.
+    The key may also come without its prefix (`sk-`, see `key_rest`), or base64-encoded
+    (standard or urlsafe, at any alignment, see `base64_runs`; a `/` may be JSON-escaped).
     """
-    parts = []
-    for char in key:
-        code = ord(char)
-        forms = [re.escape(char), r"\\+" + re.escape(char)]
-        if code <= 0xFFFF:
-            forms.append(rf"(?i:\\+u{code:04x})")
-        forms.append("(?i:" + "".join(rf"%(?:25)*{byte:02x}" for byte in char.encode()) + ")")
-        forms.append(rf"&#0*{code};")
-        forms.append(rf"(?i:&#x0*{code:x};)")
-        if char in _ENTITIES:
-            forms.append(f"&{_ENTITIES[char]};")
-        if char == "+":
-            forms.append(" ")
-        parts.append("(?:" + "|".join(forms) + ")")
-    return "".join(parts)
+    rest = key_rest(key)
+    if rest is None:
+        text = "".join(_char_forms(char) for char in key)
+    else:
+        prefix = key[: len(key) - len(rest)]
+        text = (
+            "(?:"
+            + "".join(_char_forms(char) for char in prefix)
+            + ")?"
+            + "".join(_char_forms(char) for char in rest)
+        )
+    alternatives = ["(?i:" + text + ")"]
+    for run in base64_runs(key):
+        alternatives.append("".join(r"\\*/" if char == "/" else re.escape(char) for char in run))
+    return "|".join(alternatives)
+
+
+def key_hints(key: str) -> tuple[str, ...]:
+    """Return texts one of which every form `key_pattern` matches holds (a cheap test first).
+
+    The longest run of letters and digits of the key's part after its prefix shows as it is
+    (in its case, lower, upper or swapped case) unless escaping reached letters too, which
+    leaves its own marks; a base64 form holds its own longest run.
+    """
+    rest = key_rest(key) or key
+    core = max(re.findall(r"[A-Za-z0-9]+", rest), key=len, default="")
+    if not core:
+        return ()
+    hints = [core, core.lower(), core.upper(), core.swapcase(), "&#", "\\u", "\\U", "%"]
+    for run in base64_runs(key):
+        hints.append(max(re.findall(r"[A-Za-z0-9]+", run), key=len, default=run))
+    return tuple(dict.fromkeys(hints))
 
 
 def describe(exc: BaseException) -> str:
@@ -111,11 +177,8 @@ class Transport:
         pattern = key_pattern(api_key) if api_key else None
         self._key_text = re.compile(pattern) if pattern else None
         self._key_bytes = re.compile(pattern.encode()) if pattern else None
-        # A cheap test before the regex (which costs ~20 us a body): every form of the key holds
-        # its longest run of letters and digits as it is, unless the escaping reached letters too
-        # (`&#115;`, `\u0073`, `%73`), which leaves its own marks.
-        core = max(re.findall(r"[A-Za-z0-9]+", api_key), key=len, default="")
-        self._key_hints = (core, "&#", "\\u", "%") if core else None
+        # A cheap test before the regex (which costs ~20 us a body): see `key_hints`.
+        self._key_hints = key_hints(api_key) or None if api_key else None
         self._key_hints_bytes = (
             tuple(hint.encode() for hint in self._key_hints) if self._key_hints else None
         )
