@@ -417,6 +417,14 @@ def is_safe_task_id(task_id: str) -> bool:
     )
 
 
+#: Answers about another task a poll takes in a row before it fails (a cache rarely heals).
+OTHER_TASK_TRIES = 3
+
+
+class OtherTaskError(ProtocolError):
+    """Raised when a poll's answer is about another task; retried `OTHER_TASK_TRIES` times only."""
+
+
 def structure_snapshot(
     data: dict[str, Any], *, task_id: str | None = None, body: bytes = b""
 ) -> TaskSnapshot:
@@ -441,7 +449,7 @@ def structure_snapshot(
         raise ProtocolError(f"unreadable task object ({exc})", body=body or repr(data)) from exc
     if task_id is not None and snapshot.id != task_id:
         # An answer about another task (a proxy's cache, a crossed reply): never take it for ours.
-        raise ProtocolError(
+        raise OtherTaskError(
             f"the answer is about task {snapshot.id[:80]!r}, not {task_id[:80]!r}",
             body=body or repr(data),
         )
