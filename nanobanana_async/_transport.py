@@ -18,7 +18,7 @@ import yarl
 
 from ._config import DEFAULT_MAX_REPLY_BYTES, RequestKind, Timeouts
 from ._errors import ClientClosedError, InvalidRequestError, TransportError
-from ._wire import CappedBody
+from ._wire import Answer, CappedBody
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -208,6 +208,7 @@ class Transport:
         self._gate = gate
         self._closed = False
         self._urls: dict[str, yarl.URL] = {}
+        self._sources: dict[tuple[str, yarl.URL], str] = {}
         #: Whether the server ever answered a request (a wrong URL never does).
         self.answered = False
 
@@ -361,7 +362,8 @@ class Transport:
         leave. Creates go on a fresh connection (see `create_session`). Raises aiohttp's
         network errors, for the caller to classify, scrubbed of the key (see `scrub`). An answer
         over `max_reply_bytes` comes back cut, as a `CappedBody` that `decode_answer` refuses:
-        pass the body on to it as it is.
+        pass the body on to it as it is. The body is an `Answer`: it names the request, and the
+        errors `decode_answer` raises name it too.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
@@ -387,7 +389,7 @@ class Transport:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     self.answered = True
-                    body = await self._read_capped(response)
+                    body = await self._read_capped(response, self.source(url))
             except NETWORK_ERRORS as exc:
                 self.scrub(exc)
                 if logger.isEnabledFor(logging.DEBUG):
@@ -409,7 +411,15 @@ class Transport:
             )
         return status, body, retry_after
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+    def source(self, url: yarl.URL, method: str = "POST") -> str:
+        """Return ``"METHOD URL"`` for error messages: no user, password or key in it."""
+        text = self._sources.get((method, url))
+        if text is None:
+            shown = url.with_user(None) if url.user or url.password else url
+            text = self._sources[method, url] = f"{method} {self.redact(str(shown))}"
+        return text
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, source: str) -> bytes:
         """Read an answer of at most `max_reply_bytes`, key redacted; beyond, drop the connection.
 
         A larger answer comes back as a `CappedBody` holding its first `max_reply_bytes`: the
@@ -431,9 +441,9 @@ class Transport:
         if size > limit:
             # Never hand the rest of an oversized answer to the pool's next request.
             response.close()
-            return CappedBody(self.redact_bytes(body[:limit]), limit=limit)
+            return CappedBody(self.redact_bytes(body[:limit]), limit=limit, source=source)
         # Some servers echo the Authorization header back in error bodies.
-        return self.redact_bytes(body)
+        return Answer(self.redact_bytes(body), source=source)
 
     def network_error(self, exc: BaseException, what: str) -> TransportError:
         """Wrap a network failure as a `TransportError` whose text holds no secret."""
