@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import logging
 import re
 import ssl as ssl_module
@@ -40,6 +41,18 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
+
+#: Seconds without an answer before the transport logs (INFO) what it waits for, then between
+#: such notices: no wait longer than a few seconds is silent.
+WAIT_NOTICE = 3.0
+WAIT_NOTICE_REPEAT = 10.0
+
+#: Which attempt the next request of this task (asyncio task) is: ``(endpoint, task_id,
+#: attempt)``, set by whoever retries (``endpoint`` is ``"create"`` or ``"result"``), read and
+#: cleared by the next `Transport.post` of that endpoint and task id, for its wait notices.
+REQUEST_ATTEMPT: contextvars.ContextVar[tuple[str, str | None, int] | None] = (
+    contextvars.ContextVar("nanobanana_request_attempt", default=None)
+)
 
 #: Connections kept for image downloads, beside the API's own.
 DOWNLOAD_CONNECTIONS = 4
@@ -152,6 +165,36 @@ def describe(exc: BaseException) -> str:
     """Return a short text for a network failure (aiohttp's texts can be empty)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _WaitNotice:
+    """Logs (INFO) what a request waits for while no answer comes, every few seconds."""
+
+    def __init__(self, source: str, what: str, timeout: aiohttp.ClientTimeout) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._source = source
+        self._what = what
+        self._limit = timeout.total
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(WAIT_NOTICE, self._say)
+
+    def _say(self) -> None:
+        waited = self._loop.time() - self._started
+        limit = f"; gives up after {self._limit:g} s" if self._limit else ""
+        logger.info(
+            "waiting for the answer to %s (%s): none for %.0f s%s",
+            self._source,
+            self._what,
+            waited,
+            limit,
+        )
+        self._handle = self._loop.call_later(WAIT_NOTICE_REPEAT, self._say)
+
+    def cancel(self) -> None:
+        """Stop the notices (the answer came, or the request failed)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class Transport:
@@ -367,6 +410,13 @@ class Transport:
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
+        mark = REQUEST_ATTEMPT.get()
+        endpoint = "create" if kind == "create" else "result"
+        attempt = 1
+        if mark is not None:
+            REQUEST_ATTEMPT.set(None)
+            if mark[0] == endpoint and mark[1] == task_id:
+                attempt = mark[2]
         async with self._create_slots if kind == "create" else self._slots:
             await self._gate(kind)
             if before_send is not None:
@@ -375,6 +425,8 @@ class Transport:
                 on_send()
             started = time.perf_counter()
             session = self.create_session if kind == "create" else self.session
+            what = "the create" if kind == "create" else f"a poll of task {task_id}"
+            notice = _WaitNotice(self.source(url), f"{what}, attempt {attempt}", self._timeout)
             try:
                 async with session.post(
                     url,
@@ -401,6 +453,8 @@ class Transport:
                         self.redact(describe(exc)),
                     )
                 raise
+            finally:
+                notice.cancel()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "POST %s -> %d in %.1f ms (task %s)",

@@ -343,6 +343,8 @@ class _LogLines(logging.Handler):
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "nanobanana_retry", False):
+            return  # every command shows the client's retries itself (a retry listener)
         try:
             level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
             write(sys.stderr, f"nanobanana: {level}{record.getMessage()}")
