@@ -51,6 +51,7 @@ from ._views import (
     EXIT_FAILED,
     EXIT_OK,
     View,
+    event_line,
     make_view,
     plain,
     positions_text,
@@ -201,7 +202,10 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
             else:
                 credits += cost
     spent = credits_spent(records.values())
-    code = EXIT_FAILED if problems else EXIT_OK
+    left = None if args.budget is None else max(0, args.budget - spent)
+    # A plan that cannot be carried out as asked fails: invalid lines, or more than the budget.
+    fits = left is None or credits <= left
+    code = EXIT_FAILED if problems or not fits else EXIT_OK
     if args.json:
         data = {
             "event": "plan",
@@ -217,6 +221,7 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
             "credits_spent_earlier": spent,
             "journal_lines_skipped": found.skipped,
             "budget": args.budget,
+            "fits_budget": fits,
             "journal": str(plan.journal),
             "exit_code": code,
             "problems": [{"position": p, "error": error} for p, error in problems],
@@ -242,8 +247,7 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
         rows.append(("spent", f"{spent} credits in earlier runs ({plan.journal})"))
     if found.skipped:
         rows.append(("journal", f"{found.skipped} unreadable lines skipped ({plan.journal})"))
-    if args.budget is not None:
-        left = max(0, args.budget - spent)
+    if left is not None:
         verdict = "fits" if credits <= left else f"does not fit: {credits - left} credits short"
         rows.append(("budget", f"{args.budget} credits, {left} left: the run {verdict}"))
     write(sys.stdout, f"dry run of {plan.path} (nothing sent)")
@@ -424,6 +428,24 @@ def generate_command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 
 
 async def _generate_async(args: argparse.Namespace, request: GenerationRequest) -> int:
+    submitted: list[str] = []
+    try:
+        return await _generate(args, request, submitted)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        if submitted:
+            # Paid for and running: the user may still want its image.
+            write(
+                sys.stderr,
+                f"nanobanana: task {submitted[0]} goes on; to get its image: "
+                f"nanobanana wait {submitted[0]} --out PATH",
+            )
+        raise
+
+
+async def _generate(
+    args: argparse.Namespace, request: GenerationRequest, submitted: list[str]
+) -> int:
+    """Generate one image; the task's id goes into *submitted* as soon as it is known."""
     async with open_client(args, max_concurrency=1) as client:
         view = make_view(
             args, sys.stderr, total=1, credits=lambda: client.credits.spent, title=None
@@ -431,6 +453,7 @@ async def _generate_async(args: argparse.Namespace, request: GenerationRequest) 
         client.add_retry_listener(retry_listener(view))
         with view:
             task = await client.submit(request)
+            submitted.append(task.id)
             view.event(
                 BatchEvent(
                     kind=BatchEventKind.SUBMITTED,
@@ -472,11 +495,16 @@ async def _wait_async(args: argparse.Namespace) -> int:
 async def status_command(args: argparse.Namespace) -> int:
     """Poll a task once and print its status."""
     async with open_client(args, max_concurrency=1) as client:
+        client.add_retry_listener(
+            lambda event: write(sys.stderr, event_line(retry_event(event)) or "")
+        )
         snapshot = await client.get(args.task_id)
     failed = snapshot.status is TaskStatus.FAILED
     if args.json:
         data = plain(snapshot)
-        write(sys.stdout, json.dumps({"event": "status", **data}, ensure_ascii=False))
+        # `task_id`, as every other event names the task (the snapshot's field is `id`).
+        data = {"event": "status", "task_id": data.pop("id"), **data}
+        write(sys.stdout, json.dumps(data, ensure_ascii=False))
         return EXIT_FAILED if failed else EXIT_OK
     write(sys.stdout, f"{snapshot.id}: {snapshot.status.value} ({snapshot.progress}%)")
     for image in snapshot.results:

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 import attrs
 
 from .._events import BatchEvent, BatchEventKind, BatchItemStatus, BatchSummary
+from .._gallery import GALLERY_NAME
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -25,6 +26,8 @@ EXIT_INTERRUPTED = 130
 
 _MAX_ROWS = 8  # per-task rows in the live display
 _MAX_PROBLEMS = 20  # problem lines listed under the summary (identical problems share one)
+#: Said after every "uncertain" line: how to send such an item again, knowing the risk.
+RETRY_UNCERTAIN_HINT = "(may have been charged; --retry-uncertain sends it again)"
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -93,7 +96,7 @@ def event_line(event: BatchEvent) -> str | None:
     if kind is BatchEventKind.FAILED:
         return f"failed     {where}{event.message}"
     if kind is BatchEventKind.UNCERTAIN:
-        return f"uncertain  {where}{event.message}"
+        return f"uncertain  {where}{event.message} {RETRY_UNCERTAIN_HINT}"
     if kind is BatchEventKind.SKIPPED:
         return f"skipped    {where}{event.message}"
     if kind is BatchEventKind.RETRYING:
@@ -165,10 +168,17 @@ def summary_json(
         "elapsed": round(summary.elapsed, 3),
         "interrupted": summary.interrupted,
         "out_dir": str(summary.out_dir),
+        "gallery": None if (page := gallery_page(summary)) is None else str(page),
         "journal": str(summary.journal) if show_journal else None,
         "exit_code": exit_code,
         "problems": problems,
     }
+
+
+def gallery_page(summary: BatchSummary) -> Path | None:
+    """Return the batch's gallery page, if it was written."""
+    page = summary.out_dir / GALLERY_NAME
+    return page if page.is_file() else None
 
 
 def summary_rows(
@@ -191,6 +201,9 @@ def summary_rows(
     rows.append(("credits", f"{summary.credits_spent} this run, {summary.credits_total} in all"))
     rows.append(("time", f"{summary.elapsed:.1f} s"))
     rows.append(("images", f"{summary.out_dir}{os.sep}"))
+    page = gallery_page(summary)
+    if page is not None:
+        rows.append(("gallery", str(page)))
     if show_journal:
         rows.append(("journal", str(summary.journal)))
     return rows
@@ -220,7 +233,8 @@ def problem_lines(summary: BatchSummary) -> list[str]:
     lines = []
     for (status, error), positions in list(groups.items())[:_MAX_PROBLEMS]:
         count = f" ({len(positions)} items)" if len(positions) > 1 else ""
-        lines.append(f"{positions_text(positions)} {status}{count}: {error}")
+        hint = f" {RETRY_UNCERTAIN_HINT}" if status == str(BatchItemStatus.UNCERTAIN) else ""
+        lines.append(f"{positions_text(positions)} {status}{count}: {error}{hint}")
     if len(groups) > _MAX_PROBLEMS:
         lines.append(f"... and {len(groups) - _MAX_PROBLEMS} more (see the journal)")
     return lines
