@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_every_retry_reaches_hooks_and_the_log(caplog: pytest.LogCaptureFixture) -> None:
-    """Each retry is reported once to on_retry, to every listener, and as an INFO log line (issue 19)."""
+    """Each retry is reported once to on_retry, to every listener, and as an INFO log line."""
     caplog.set_level(logging.DEBUG, logger="nanobanana_async")
     async with Emulator(speed=SPEED, api_key="nb-secret-key-123") as emu:
         emu.faults.inject(Fault.status(503), endpoint="create", times=1)
