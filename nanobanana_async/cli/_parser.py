@@ -177,7 +177,8 @@ def _add_batch(commands: Commands, options: Options) -> None:
         "--dry-run",
         action="store_true",
         help="check every line, print how many creates and credits the run would take "
-        "(minus what the journal says is done), send nothing",
+        "(minus what the journal says is done), send nothing; exit 1 if a line is invalid or "
+        "the run would pass --budget",
     )
     batch.add_argument(
         "--concurrency",
