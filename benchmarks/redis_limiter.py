@@ -88,7 +88,7 @@ def _requests(port: int) -> int:
     return total
 
 
-async def _round(base_url: str, tasks: int, make: Callable[[], nb.BaseLimiter]) -> None:
+async def _round(base_url: str, tasks: int, make: Callable[[], nb.limiters.BaseLimiter]) -> None:
     limiter = make()
     try:
         async with nb.Client(
@@ -171,7 +171,7 @@ def main() -> None:
 def _measure(
     base_url: str, url: str, port: int, tasks: int, rounds: int
 ) -> list[tuple[str, float, float, float]]:
-    contenders: list[tuple[str, Callable[[], nb.BaseLimiter]]] = [
+    contenders: list[tuple[str, Callable[[], nb.limiters.BaseLimiter]]] = [
         ("Limiter", lambda: nb.Limiter(max_concurrency=IN_FLIGHT)),
         (
             "RedisLimiter",

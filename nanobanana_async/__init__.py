@@ -11,28 +11,13 @@ async with nb.Client() as client:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+# The public submodules: names that moved off the root live there (see `_MOVED`).
+from . import defaults, events, gallery, limiters
 from ._batch import Batch, run_batch
 from ._client import Client
-from ._config import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_DOWNLOAD_TIMEOUT,
-    DEFAULT_MAX_DOWNLOAD_BYTES,
-    DEFAULT_MAX_REPLY_BYTES,
-    DEFAULT_POLL_JITTER,
-    DEFAULT_POLL_MAX_INTERVAL,
-    DEFAULT_POLL_MIN_INTERVAL,
-    DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_RETRY_ATTEMPTS,
-    DEFAULT_RETRY_DEADLINE,
-    DEFAULT_RETRY_INITIAL_BACKOFF,
-    DEFAULT_RETRY_MAX_BACKOFF,
-    DEFAULT_TASK_TIMEOUT,
-    PollPolicy,
-    RequestKind,
-    RetryEvent,
-    RetryPolicy,
-    Timeouts,
-)
+from ._config import PollPolicy, RetryEvent, RetryPolicy, Timeouts
 from ._credits import CreditUsage
 from ._errors import (
     APIStatusError,
@@ -58,10 +43,8 @@ from ._errors import (
     TaskTimeoutError,
     TransportError,
 )
-from ._events import BatchEvent, BatchEventKind, BatchItem, BatchItemStatus, BatchSummary
-from ._gallery import DEFAULT_GALLERY_REFRESH, GALLERY_NAME, Gallery, write_gallery
 from ._inputs import MODEL_COSTS
-from ._limiter import BaseLimiter, Lease, Limiter
+from ._limiter import Limiter
 from ._models import (
     AspectRatio,
     GeneratedImage,
@@ -83,42 +66,19 @@ __all__ = [
     "AspectRatio",
     "AuthenticationError",
     "BadRequestError",
-    "BaseLimiter",
     "Batch",
-    "BatchEvent",
-    "BatchEventKind",
-    "BatchItem",
-    "BatchItemStatus",
-    "BatchSummary",
     "BudgetExceededError",
     "Client",
     "ClientClosedError",
     "ClientStateError",
     "CreditUsage",
-    "DEFAULT_CONNECT_TIMEOUT",
-    "DEFAULT_DOWNLOAD_TIMEOUT",
-    "DEFAULT_GALLERY_REFRESH",
-    "DEFAULT_MAX_DOWNLOAD_BYTES",
-    "DEFAULT_MAX_REPLY_BYTES",
-    "DEFAULT_POLL_JITTER",
-    "DEFAULT_POLL_MAX_INTERVAL",
-    "DEFAULT_POLL_MIN_INTERVAL",
-    "DEFAULT_REQUEST_TIMEOUT",
-    "DEFAULT_RETRY_ATTEMPTS",
-    "DEFAULT_RETRY_DEADLINE",
-    "DEFAULT_RETRY_INITIAL_BACKOFF",
-    "DEFAULT_RETRY_MAX_BACKOFF",
-    "DEFAULT_TASK_TIMEOUT",
     "DownloadError",
-    "Gallery",
-    "GALLERY_NAME",
     "GeneratedImage",
     "GenerationRequest",
     "ImageInput",
     "ImageSize",
     "InsufficientCreditsError",
     "InvalidRequestError",
-    "Lease",
     "Limiter",
     "LimiterUnavailableError",
     "MODEL_COSTS",
@@ -130,7 +90,6 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "RedisLimiter",
-    "RequestKind",
     "RetryEvent",
     "RetryPolicy",
     "run_batch",
@@ -147,6 +106,32 @@ __all__ = [
     "TaskTimeoutError",
     "Timeouts",
     "TransportError",
-    "write_gallery",
     "__version__",
 ]
+
+#: Names that moved from the package root to a public submodule (0.2), by old name: they are
+#: still importable from the root, with a `DeprecationWarning` saying where they went.
+_MOVED: dict[str, str] = {
+    **dict.fromkeys(defaults.__all__, "nanobanana_async.defaults"),
+    **dict.fromkeys(events.__all__, "nanobanana_async.events"),
+    **dict.fromkeys(gallery.__all__, "nanobanana_async.gallery"),
+    **dict.fromkeys(limiters.__all__, "nanobanana_async.limiters"),
+}
+
+if not _TYPE_CHECKING:  # type checkers see only the new homes: a moved name is an error there
+
+    def __getattr__(name: str) -> object:
+        """Return a name that moved to a submodule, with a `DeprecationWarning`."""
+        import importlib
+        import warnings
+
+        home = _MOVED.get(name)
+        if home is None:
+            raise AttributeError(f"module 'nanobanana_async' has no attribute {name!r}")
+        warnings.warn(
+            f"nanobanana_async.{name} moved to {home}.{name}; import it from there "
+            "(the old name will be removed in a future release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(home), name)

@@ -58,7 +58,7 @@ from ._poller import DurationStats, PollScheduler, PollTimer
 from ._retry import Backoff
 from ._submitter import SubmitHooks, Submitter, run_to_end
 from ._task import Task, TaskState
-from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, Transport, logger
+from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, REQUEST_ATTEMPT, Transport, logger
 from ._wire import RESULT_PATH, decode_answer, result_body, structure_snapshot
 
 DEFAULT_BASE_URL = "https://nanobananapro.cloud"
@@ -476,6 +476,8 @@ class Client:
         loop = asyncio.get_running_loop()
         try:
             token = _GATE_DEADLINE.set(state.deadline)
+            if state.backoff is not None:  # for the transport's wait notices
+                REQUEST_ATTEMPT.set(("result", state.id, state.backoff.attempt + 1))
             try:
                 snapshot = await self._poll_once(state.id)
             finally:
@@ -590,14 +592,17 @@ class Client:
     def _notify_retry(
         self, endpoint: str, attempt: int, wait: float, cause: BaseException, task_id: str | None
     ) -> None:
-        logger.debug(
+        # INFO: a retry is a wait the user should hear of (views showing retries drop the record).
+        logger.info(
             "retrying %s (attempt %d, task %s) in %.2f s after %s",
             endpoint,
-            attempt,
+            attempt + 1,
             task_id,
             wait,
             cause,
+            extra={"nanobanana_retry": True},
         )
+        REQUEST_ATTEMPT.set((endpoint, task_id, attempt + 1))
         hooks = self._retry_listeners
         if self._retry.on_retry is None and not hooks:
             return

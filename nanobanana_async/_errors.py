@@ -76,13 +76,24 @@ class TransportError(NanoBananaError):
 class ProtocolError(NanoBananaError):
     """Raised when the server's answer cannot be read as the API describes.
 
-    `excerpt` holds the start of the body, `status` the HTTP status.
+    `excerpt` holds the start of the body, `status` the HTTP status, `source` the request that
+    got the answer (``"POST https://host/path"``; never the key), when known.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, body: bytes | str = b"") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        body: bytes | str = b"",
+        source: str | None = None,
+    ) -> None:
         self.status = status
         self.excerpt = excerpt(body)
+        self.source = source
         detail = f" (HTTP {status})" if status is not None else ""
+        if source is not None:
+            detail += f" from {source}"
         super().__init__(f"{message}{detail}: {self.excerpt!r}" if body else f"{message}{detail}")
 
 
@@ -155,14 +166,20 @@ class APIStatusError(NanoBananaError):
     """Raised when the API answers with an error status (or an error body with HTTP 200).
 
     `status` is the HTTP status (or the status the body's code stands for), `body` the parsed body
-    (a dict for JSON, else an excerpt string), `message` the server's own words.
+    (a dict for JSON, else an excerpt string), `message` the server's own words, `source` the
+    request that got the answer (``"POST https://host/path"``; never the key), when known: a
+    wrong base URL shows in the message.
     """
 
-    def __init__(self, message: str, *, status: int, body: Any = None) -> None:
-        super().__init__(f"HTTP {status}: {message}")
+    def __init__(
+        self, message: str, *, status: int, body: Any = None, source: str | None = None
+    ) -> None:
+        where = f" (from {source})" if source is not None else ""
+        super().__init__(f"HTTP {status}: {message}{where}")
         self.status = status
         self.body = body
         self.message = message
+        self.source = source
 
 
 class BadRequestError(APIStatusError):
@@ -192,9 +209,15 @@ class RateLimitError(APIStatusError):
     """
 
     def __init__(
-        self, message: str, *, status: int = 429, body: Any = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        body: Any = None,
+        retry_after: float | None = None,
+        source: str | None = None,
     ) -> None:
-        super().__init__(message, status=status, body=body)
+        super().__init__(message, status=status, body=body, source=source)
         self.retry_after = retry_after
 
 

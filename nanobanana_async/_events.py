@@ -10,7 +10,7 @@ import attrs
 
 from ._config import RetryEvent
 from ._errors import RateLimitError
-from ._models import TaskResult
+from ._models import TaskResult, TaskStatus
 from ._task import Task
 
 #: Characters of the prompt kept in journal records and events.
@@ -157,10 +157,14 @@ async def follow(
     key: str | None = None,
     prompt: str | None = None,
 ) -> TaskResult:
-    """Emit a `progress` event at each change of the task's progress; return its result."""
+    """Emit a `progress` event at each change of the task's progress; return its result.
+
+    A task not polled yet (status `unknown`) shows no progress; a task found finished shows its
+    last progress (100 for a success), not 0.
+    """
     shown = -1
     async for snapshot in task.updates():
-        if snapshot.is_terminal or snapshot.progress == shown:
+        if snapshot.status is TaskStatus.UNKNOWN or snapshot.progress == shown:
             continue
         shown = snapshot.progress
         emit(

@@ -238,6 +238,8 @@ def _check_path(path: Path, model: str, field: str) -> FileRef:
             raise InvalidRequestError(field, f"{path} is not a file")
         with path.open("rb") as f:
             head = f.read(32)
+    except InvalidRequestError:
+        raise  # a ValueError too: not to be wrapped by the clause below
     except OSError as exc:
         raise InvalidRequestError(field, f"cannot read {path}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # e.g. a NUL byte in the path

@@ -22,12 +22,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import anyio
 import attrs
@@ -42,6 +43,11 @@ JOURNAL_NAME = "journal.jsonl"
 STATES = frozenset(
     {"submitting", "running", "succeeded", "failed", "uncertain", "unsent", "invalid"}
 )
+#: Longest journal line read, in bytes; a longer one is skipped unread (a record takes a few
+#: hundred bytes, a long prompt a few kB).
+MAX_LINE_BYTES = 1 << 20
+
+logger = logging.getLogger("nanobanana_async")
 
 
 @attrs.frozen(kw_only=True)
@@ -74,10 +80,16 @@ class JournalRecord:
 
     @classmethod
     def from_line(cls, line: bytes) -> JournalRecord | None:
-        """Read one line back; None for a line that is torn, not JSON, or not a record."""
+        """Read one line back; None for a line that is torn, not JSON, or not a record.
+
+        Never raises: binary garbage, deep nesting, lines over `MAX_LINE_BYTES` and text that
+        cannot be written back (lone surrogates) are all None.
+        """
+        if len(line) > MAX_LINE_BYTES:
+            return None
         try:
             data = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError, MemoryError):  # also UnicodeDecodeError
             return None
         if not isinstance(data, dict):
             return None
@@ -96,7 +108,7 @@ def _record_of(data: Mapping[str, Any]) -> JournalRecord | None:
     fields: dict[str, Any] = {}
     for name in _TEXT_FIELDS:
         value = data.get(name)
-        if value is not None and not isinstance(value, str):
+        if value is not None and not (isinstance(value, str) and _writable(value)):
             return None
         if value is not None:
             fields[name] = value
@@ -104,7 +116,9 @@ def _record_of(data: Mapping[str, Any]) -> JournalRecord | None:
     if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int)):
         return None
     files = data.get("files", [])
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+    if not isinstance(files, list) or not all(isinstance(f, str) and _writable(f) for f in files):
+        return None
+    if not _writable(key):
         return None
     moment = data.get("time", 0.0)
     if (
@@ -122,6 +136,15 @@ def _record_of(data: Mapping[str, Any]) -> JournalRecord | None:
         time=float(moment),
         **fields,
     )
+
+
+def _writable(text: str) -> bool:
+    """Whether *text* encodes as UTF-8 (JSON lets a lone surrogate in; no file or page can)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # --- keys ----------------------------------------------------------------------------------------
@@ -238,18 +261,63 @@ def estimate_cost(model: str | None) -> int:
 # --- reading and writing -------------------------------------------------------------------------
 
 
+@attrs.frozen
+class JournalScan:
+    """What reading a journal found: the last record of each key, and the lines skipped."""
+
+    records: dict[str, JournalRecord]
+    skipped: int = 0
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes | None]:
+    """Yield the lines of a binary *stream*, or None for each line over `MAX_LINE_BYTES`.
+
+    A long line is read in bounded pieces and dropped: it never sits whole in memory.
+    """
+    while True:
+        line = stream.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):
+            line = stream.readline(MAX_LINE_BYTES)
+        yield None
+
+
+def scan_journal(path: str | os.PathLike[str]) -> JournalScan:
+    """Read the journal at *path* (empty if it is missing); never fails on its content.
+
+    Lines that hold no record (torn by a crash, not JSON, binary garbage, nested too deep, over
+    `MAX_LINE_BYTES`) are skipped and counted; a warning on the ``nanobanana_async`` logger says
+    how many. A blank line is not counted.
+    """
+    index: dict[str, JournalRecord] = {}
+    skipped = 0
+    with contextlib.suppress(FileNotFoundError), Path(path).open("rb") as stream:
+        for line in _lines(stream):
+            record = JournalRecord.from_line(line) if line is not None else None
+            if record is not None:
+                index[record.key] = record
+            elif line is None or line.strip():
+                skipped += 1
+    if skipped:
+        logger.warning(
+            "journal %s: skipped %d unreadable line%s (not a record)",
+            path,
+            skipped,
+            "" if skipped == 1 else "s",
+        )
+    return JournalScan(index, skipped)
+
+
 def read_journal(path: str | os.PathLike[str]) -> dict[str, JournalRecord]:
     """Return the last record of each key in the journal at *path* (empty if it is missing).
 
-    Unreadable lines (a line torn by a crash) are skipped.
+    Unreadable lines are skipped and counted (see `scan_journal`).
     """
-    index: dict[str, JournalRecord] = {}
-    with contextlib.suppress(FileNotFoundError), Path(path).open("rb") as stream:
-        for line in stream:
-            record = JournalRecord.from_line(line)
-            if record is not None:
-                index[record.key] = record
-    return index
+    return scan_journal(path).records
 
 
 def journal_credits(path: str | os.PathLike[str]) -> int:
@@ -257,8 +325,13 @@ def journal_credits(path: str | os.PathLike[str]) -> int:
 
     Creates whose answer was lost count at their model's price: they may have been charged.
     """
+    return credits_spent(read_journal(path).values())
+
+
+def credits_spent(records: Iterable[JournalRecord]) -> int:
+    """Return the credits *records* (one per key, as `read_journal` gives) record as spent."""
     total = 0
-    for record in read_journal(path).values():
+    for record in records:
         if record.state in ("running", "succeeded"):
             total += record.cost or 0
         elif record.state in ("submitting", "uncertain"):
@@ -287,12 +360,13 @@ class Journal:
         fd = os.open(path, flags, 0o644)
         try:
             _lock(fd, path)
-            good = 0
+            good = read = 0
             with path.open("rb") as stream:
-                for line in stream:
-                    if not line.endswith(b"\n"):
-                        break
-                    good += len(line)
+                # In bounded pieces: a line of gigabytes is measured, never held whole.
+                while piece := stream.readline(MAX_LINE_BYTES):
+                    read += len(piece)
+                    if piece.endswith(b"\n"):
+                        good = read
             if good != os.fstat(fd).st_size:
                 # A crash tore the last line: nothing after it was written, so cut it off.
                 os.ftruncate(fd, good)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from ._config import RetryPolicy
 from ._errors import RateLimitError
+from ._wire import OTHER_TASK_TRIES, OtherTaskError
 
 
 class Backoff:
@@ -61,6 +62,8 @@ class Backoff:
                 wait = max(wait, hinted)
         if attempt >= policy.attempts:
             return None
+        if isinstance(error, OtherTaskError) and attempt >= OTHER_TASK_TRIES:
+            return None  # a crossed answer may heal at once; a cache that serves it will not
         deadline = policy.deadline
         if deadline is not None and self._clock() + wait - self.started > deadline:
             return None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextvars
 import logging
 import re
 import ssl as ssl_module
@@ -17,7 +19,7 @@ import yarl
 
 from ._config import DEFAULT_MAX_REPLY_BYTES, RequestKind, Timeouts
 from ._errors import ClientClosedError, InvalidRequestError, TransportError
-from ._wire import CappedBody
+from ._wire import Answer, CappedBody
 
 logger = logging.getLogger("nanobanana_async")
 
@@ -40,6 +42,18 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Seconds without an answer before the transport logs (INFO) what it waits for, then between
+#: such notices: no wait longer than a few seconds is silent.
+WAIT_NOTICE = 3.0
+WAIT_NOTICE_REPEAT = 10.0
+
+#: Which attempt the next request of this task (asyncio task) is: ``(endpoint, task_id,
+#: attempt)``, set by whoever retries (``endpoint`` is ``"create"`` or ``"result"``), read and
+#: cleared by the next `Transport.post` of that endpoint and task id, for its wait notices.
+REQUEST_ATTEMPT: contextvars.ContextVar[tuple[str, str | None, int] | None] = (
+    contextvars.ContextVar("nanobanana_request_attempt", default=None)
+)
+
 #: Connections kept for image downloads, beside the API's own.
 DOWNLOAD_CONNECTIONS = 4
 
@@ -58,34 +72,129 @@ def env_proxy(url: yarl.URL) -> str | None:
 _ENTITIES = {"/": "sol", "+": "plus", "=": "equals", "-": "hyphen", "_": "lowbar", ".": "period"}
 
 
+#: The shortest part of a key after its prefix (``sk-``) that is redacted on its own.
+MIN_KEY_REST = 8
+_URLSAFE = str.maketrans("+/", "-_")
+
+
+def _char_forms(char: str) -> str:
+    """Return the alternatives one character of the key may come as (case-insensitive)."""
+    code = ord(char)
+    forms = [re.escape(char), r"\\+" + re.escape(char)]
+    if code <= 0xFFFF:
+        forms.append(rf"\\+u{code:04x}")
+    forms.append("".join(rf"%(?:25)*{byte:02x}" for byte in char.encode()))
+    forms.append(rf"&#0*{code};")
+    forms.append(rf"&#x0*{code:x};")
+    if char in _ENTITIES:
+        forms.append(f"&{_ENTITIES[char]};")
+    if char == "+":
+        forms.append(" ")
+    return "(?:" + "|".join(forms) + ")"
+
+
+def key_rest(key: str) -> str | None:
+    """Return the key without its prefix (up to the first ``-`` or ``_``), if long enough alone."""
+    cut = min((i for i in (key.find("-"), key.find("_")) if i >= 0), default=-1)
+    rest = key[cut + 1 :] if cut >= 0 else ""
+    return rest if len(rest) >= MIN_KEY_REST else None
+
+
+def base64_runs(key: str) -> list[str]:
+    """Return the base64 text the key shows as inside any base64 blob (standard and urlsafe).
+
+    The key may start at any of three byte offsets of the encoded data; for each, the characters
+    that depend on the key's bytes alone are the same whatever surrounds it.
+    """
+    data = key.encode("utf-8", "surrogatepass")
+    runs: list[str] = []
+    for align in range(3):
+        encoded = base64.b64encode(b"\0" * align + data + b"\0\0").decode()
+        start, end = -(-8 * align // 6), 8 * (align + len(data)) // 6
+        run = encoded[start:end]
+        for form in (run, run.translate(_URLSAFE)):
+            if len(form) >= MIN_KEY_REST and form not in runs:
+                runs.append(form)
+    return runs
+
+
 def key_pattern(key: str) -> str:
     """Return a regular expression matching *key* in every form a server may echo it in.
 
     Each character may come raw, backslash-escaped (JSON's `\\/`, at any depth), as a JSON
     `\\uXXXX` escape, percent-encoded (also twice), as an HTML character reference, or (`+`)
-    as the space a form decoder makes of it. Forms may mix within one key.
+    as the space a form decoder makes of it. Forms may mix within one key, in any letter case.
+    The key may also come without its prefix (`sk-`, see `key_rest`), or base64-encoded
+    (standard or urlsafe, at any alignment, see `base64_runs`; a `/` may be JSON-escaped).
     """
-    parts = []
-    for char in key:
-        code = ord(char)
-        forms = [re.escape(char), r"\\+" + re.escape(char)]
-        if code <= 0xFFFF:
-            forms.append(rf"(?i:\\+u{code:04x})")
-        forms.append("(?i:" + "".join(rf"%(?:25)*{byte:02x}" for byte in char.encode()) + ")")
-        forms.append(rf"&#0*{code};")
-        forms.append(rf"(?i:&#x0*{code:x};)")
-        if char in _ENTITIES:
-            forms.append(f"&{_ENTITIES[char]};")
-        if char == "+":
-            forms.append(" ")
-        parts.append("(?:" + "|".join(forms) + ")")
-    return "".join(parts)
+    rest = key_rest(key)
+    if rest is None:
+        text = "".join(_char_forms(char) for char in key)
+    else:
+        prefix = key[: len(key) - len(rest)]
+        text = (
+            "(?:"
+            + "".join(_char_forms(char) for char in prefix)
+            + ")?"
+            + "".join(_char_forms(char) for char in rest)
+        )
+    alternatives = ["(?i:" + text + ")"]
+    for run in base64_runs(key):
+        alternatives.append("".join(r"\\*/" if char == "/" else re.escape(char) for char in run))
+    return "|".join(alternatives)
+
+
+def key_hints(key: str) -> tuple[str, ...]:
+    """Return texts one of which every form `key_pattern` matches holds (a cheap test first).
+
+    The longest run of letters and digits of the key's part after its prefix shows as it is
+    (in its case, lower, upper or swapped case) unless escaping reached letters too, which
+    leaves its own marks; a base64 form holds its own longest run.
+    """
+    rest = key_rest(key) or key
+    core = max(re.findall(r"[A-Za-z0-9]+", rest), key=len, default="")
+    if not core:
+        return ()
+    hints = [core, core.lower(), core.upper(), core.swapcase(), "&#", "\\u", "\\U", "%"]
+    for run in base64_runs(key):
+        hints.append(max(re.findall(r"[A-Za-z0-9]+", run), key=len, default=run))
+    return tuple(dict.fromkeys(hints))
 
 
 def describe(exc: BaseException) -> str:
     """Return a short text for a network failure (aiohttp's texts can be empty)."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _WaitNotice:
+    """Logs (INFO) what a request waits for while no answer comes, every few seconds."""
+
+    def __init__(self, source: str, what: str, timeout: aiohttp.ClientTimeout) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._source = source
+        self._what = what
+        self._limit = timeout.total
+        self._handle: asyncio.TimerHandle | None = self._loop.call_later(WAIT_NOTICE, self._say)
+
+    def _say(self) -> None:
+        waited = self._loop.time() - self._started
+        limit = f"; gives up after {self._limit:g} s" if self._limit else ""
+        logger.info(
+            "waiting for the answer to %s (%s): none for %.0f s%s",
+            self._source,
+            self._what,
+            waited,
+            limit,
+        )
+        self._handle = self._loop.call_later(WAIT_NOTICE_REPEAT, self._say)
+
+    def cancel(self) -> None:
+        """Stop the notices (the answer came, or the request failed)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class Transport:
@@ -111,11 +220,8 @@ class Transport:
         pattern = key_pattern(api_key) if api_key else None
         self._key_text = re.compile(pattern) if pattern else None
         self._key_bytes = re.compile(pattern.encode()) if pattern else None
-        # A cheap test before the regex (which costs ~20 us a body): every form of the key holds
-        # its longest run of letters and digits as it is, unless the escaping reached letters too
-        # (`&#115;`, `\u0073`, `%73`), which leaves its own marks.
-        core = max(re.findall(r"[A-Za-z0-9]+", api_key), key=len, default="")
-        self._key_hints = (core, "&#", "\\u", "%") if core else None
+        # A cheap test before the regex (which costs ~20 us a body): see `key_hints`.
+        self._key_hints = key_hints(api_key) or None if api_key else None
         self._key_hints_bytes = (
             tuple(hint.encode() for hint in self._key_hints) if self._key_hints else None
         )
@@ -145,6 +251,7 @@ class Transport:
         self._gate = gate
         self._closed = False
         self._urls: dict[str, yarl.URL] = {}
+        self._sources: dict[tuple[str, yarl.URL], str] = {}
         #: Whether the server ever answered a request (a wrong URL never does).
         self.answered = False
 
@@ -298,10 +405,18 @@ class Transport:
         leave. Creates go on a fresh connection (see `create_session`). Raises aiohttp's
         network errors, for the caller to classify, scrubbed of the key (see `scrub`). An answer
         over `max_reply_bytes` comes back cut, as a `CappedBody` that `decode_answer` refuses:
-        pass the body on to it as it is.
+        pass the body on to it as it is. The body is an `Answer`: it names the request, and the
+        errors `decode_answer` raises name it too.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
+        mark = REQUEST_ATTEMPT.get()
+        endpoint = "create" if kind == "create" else "result"
+        attempt = 1
+        if mark is not None:
+            REQUEST_ATTEMPT.set(None)
+            if mark[0] == endpoint and mark[1] == task_id:
+                attempt = mark[2]
         async with self._create_slots if kind == "create" else self._slots:
             await self._gate(kind)
             if before_send is not None:
@@ -310,6 +425,8 @@ class Transport:
                 on_send()
             started = time.perf_counter()
             session = self.create_session if kind == "create" else self.session
+            what = "the create" if kind == "create" else f"a poll of task {task_id}"
+            notice = _WaitNotice(self.source(url), f"{what}, attempt {attempt}", self._timeout)
             try:
                 async with session.post(
                     url,
@@ -324,7 +441,7 @@ class Transport:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     self.answered = True
-                    body = await self._read_capped(response)
+                    body = await self._read_capped(response, self.source(url))
             except NETWORK_ERRORS as exc:
                 self.scrub(exc)
                 if logger.isEnabledFor(logging.DEBUG):
@@ -336,6 +453,8 @@ class Transport:
                         self.redact(describe(exc)),
                     )
                 raise
+            finally:
+                notice.cancel()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "POST %s -> %d in %.1f ms (task %s)",
@@ -346,7 +465,15 @@ class Transport:
             )
         return status, body, retry_after
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+    def source(self, url: yarl.URL, method: str = "POST") -> str:
+        """Return ``"METHOD URL"`` for error messages: no user, password or key in it."""
+        text = self._sources.get((method, url))
+        if text is None:
+            shown = url.with_user(None) if url.user or url.password else url
+            text = self._sources[method, url] = f"{method} {self.redact(str(shown))}"
+        return text
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, source: str) -> bytes:
         """Read an answer of at most `max_reply_bytes`, key redacted; beyond, drop the connection.
 
         A larger answer comes back as a `CappedBody` holding its first `max_reply_bytes`: the
@@ -368,9 +495,9 @@ class Transport:
         if size > limit:
             # Never hand the rest of an oversized answer to the pool's next request.
             response.close()
-            return CappedBody(self.redact_bytes(body[:limit]), limit=limit)
+            return CappedBody(self.redact_bytes(body[:limit]), limit=limit, source=source)
         # Some servers echo the Authorization header back in error bodies.
-        return self.redact_bytes(body)
+        return Answer(self.redact_bytes(body), source=source)
 
     def network_error(self, exc: BaseException, what: str) -> TransportError:
         """Wrap a network failure as a `TransportError` whose text holds no secret."""

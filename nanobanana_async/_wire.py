@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import http
 import json
 import math
 import re
@@ -157,14 +158,30 @@ def result_body(task_id: str) -> bytes:
 # --- answers -------------------------------------------------------------------------------------
 
 
-class CappedBody(bytes):
+class Answer(bytes):
+    """An answer's body, with the request that got it: `source` (``"POST URL"``, no secret).
+
+    `decode_answer` names the source in the errors it raises, so a wrong base URL shows.
+    """
+
+    source: str | None
+
+    def __new__(cls, data: bytes, *, source: str | None = None) -> Answer:
+        """Wrap the bytes of an answer to the request *source*."""
+        body = super().__new__(cls, data)
+        body.source = source
+        return body
+
+
+class CappedBody(Answer):
     """The first `limit` bytes of an answer that was longer (the rest was never read)."""
 
     limit: int
 
-    def __new__(cls, data: bytes, *, limit: int) -> CappedBody:
+    def __new__(cls, data: bytes, *, limit: int, source: str | None = None) -> CappedBody:
         """Wrap the bytes read of an answer cut at *limit*."""
-        body = super().__new__(cls, data)
+        body = bytes.__new__(cls, data)
+        body.source = source
         body.limit = limit
         return body
 
@@ -262,11 +279,18 @@ def _is_failed_task(data: Any) -> bool:
 
 
 def api_error(
-    status: int, message: str, body: Any, retry_after: float | None = None
+    status: int,
+    message: str,
+    body: Any,
+    retry_after: float | None = None,
+    *,
+    source: str | None = None,
 ) -> APIStatusError:
-    """Return the typed error for an error answer."""
+    """Return the typed error for an error answer (to the request *source*, when known)."""
     if status == 429:
-        return RateLimitError(message, status=status, body=body, retry_after=retry_after)
+        return RateLimitError(
+            message, status=status, body=body, retry_after=retry_after, source=source
+        )
     cls: type[APIStatusError] = {
         400: BadRequestError,
         401: AuthenticationError,
@@ -274,7 +298,15 @@ def api_error(
         403: PermissionDeniedError,
         404: NotFoundError,
     }.get(status, ServerError if status >= 500 else APIStatusError)
-    return cls(message, status=status, body=body)
+    return cls(message, status=status, body=body, source=source)
+
+
+def _reason(status: int) -> str:
+    """The words of an answer without any (an empty error body): the status's own phrase."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "no error text"
 
 
 def decode_answer(
@@ -285,11 +317,13 @@ def decode_answer(
     Handles `{"data": ...}`, `{"code", "msg", "data"}`, a bare task object, and every error shape of
     docs/api.md (`error`, `message`, `code`+`msg`, `success: false`, text, HTML), on any status.
     """
+    source = body.source if isinstance(body, Answer) else None
     if 200 <= status < 300 and isinstance(body, CappedBody):
         raise ProtocolError(
             f"the answer is larger than {body.limit} bytes (max_reply_bytes); not read",
             status=status,
             body=body[:EXCERPT_LIMIT],
+            source=source,
         )
     try:
         parsed: Any = json.loads(body) if body.strip()[:1] in (b"{", b"[") else None
@@ -297,7 +331,9 @@ def decode_answer(
         parsed = None
     if 200 <= status < 300:
         if not isinstance(parsed, dict):
-            raise ProtocolError("the answer is not a JSON object", status=status, body=body)
+            raise ProtocolError(
+                "the answer is not a JSON object", status=status, body=body, source=source
+            )
         code = _code_of(parsed)
         failed = parsed.get("success") is False or (code is not None and code not in _SUCCESS_CODES)
         if failed:
@@ -307,10 +343,12 @@ def decode_answer(
                 return data
             message = _message_of(parsed) or f"error code {code}"
             error_status = _status_for_body_error(code, message)
-            raise api_error(error_status, message, parsed, _retry_hint(parsed))
+            raise api_error(error_status, message, parsed, _retry_hint(parsed), source=source)
         data = parsed.get("data", parsed if "status" in parsed else None)
         if not isinstance(data, dict):
-            raise ProtocolError("the answer holds no task object", status=status, body=body)
+            raise ProtocolError(
+                "the answer holds no task object", status=status, body=body, source=source
+            )
         return data
     if parsed is not None:
         message = _message_of(parsed) or excerpt(body)
@@ -319,11 +357,13 @@ def decode_answer(
     else:
         # Plain text or a proxy's HTML page: keep its words, drop the markup.
         text = _TAG.sub(b" ", _SCRIPT.sub(b" ", body)) if _TAG.search(body) else body
-        message = excerpt(text) or f"HTTP {status}"
+        message = excerpt(text) or _reason(status)
         hint = None
         shown = excerpt(body)
     retry_after = parse_retry_after(retry_after_header)
-    raise api_error(status, message, shown, retry_after if retry_after is not None else hint)
+    raise api_error(
+        status, message, shown, retry_after if retry_after is not None else hint, source=source
+    )
 
 
 # --- snapshots -----------------------------------------------------------------------------------
@@ -417,6 +457,14 @@ def is_safe_task_id(task_id: str) -> bool:
     )
 
 
+#: Answers about another task a poll takes in a row before it fails (a cache rarely heals).
+OTHER_TASK_TRIES = 3
+
+
+class OtherTaskError(ProtocolError):
+    """Raised when a poll's answer is about another task; retried `OTHER_TASK_TRIES` times only."""
+
+
 def structure_snapshot(
     data: dict[str, Any], *, task_id: str | None = None, body: bytes = b""
 ) -> TaskSnapshot:
@@ -441,7 +489,7 @@ def structure_snapshot(
         raise ProtocolError(f"unreadable task object ({exc})", body=body or repr(data)) from exc
     if task_id is not None and snapshot.id != task_id:
         # An answer about another task (a proxy's cache, a crossed reply): never take it for ours.
-        raise ProtocolError(
+        raise OtherTaskError(
             f"the answer is about task {snapshot.id[:80]!r}, not {task_id[:80]!r}",
             body=body or repr(data),
         )

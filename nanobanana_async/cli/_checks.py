@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from .. import MODEL_COSTS, BaseLimiter, Client, InvalidRequestError, PollPolicy, RedisLimiter
+from .. import MODEL_COSTS, Client, InvalidRequestError, PollPolicy, RedisLimiter
 from .._client import API_KEY_ENV, DEFAULT_MAX_CONCURRENCY
+from ..limiters import BaseLimiter
 
 #: Divides every poll delay (for emulators running faster than real time); also `--poll-speed`.
 POLL_SPEED_ENV = "NANOBANANA_POLL_SPEED"

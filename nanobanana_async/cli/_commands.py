@@ -36,13 +36,22 @@ from .. import (
 from .._batch import Batch, slugify
 from .._events import BatchEvent, BatchEventKind, BatchSummary, follow, retry_event
 from .._gallery import GALLERY_NAME, write_gallery
-from .._journal import JOURNAL_NAME, ItemKeys, decide, journal_credits, lookup, read_journal
+from .._journal import (
+    JOURNAL_NAME,
+    ItemKeys,
+    credits_spent,
+    decide,
+    journal_credits,
+    lookup,
+    scan_journal,
+)
 from ._checks import UsageError, check_file, check_folder, check_model, open_client
 from ._input import Defaults, input_format, read_input, scan
 from ._views import (
     EXIT_FAILED,
     EXIT_OK,
     View,
+    event_line,
     make_view,
     plain,
     positions_text,
@@ -167,7 +176,8 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
     Items the journal records as done, running, failed or uncertain are counted apart, as the
     run would treat them: only what it would create costs credits.
     """
-    records = read_journal(plan.journal)
+    found = scan_journal(plan.journal)
+    records = found.records
     counts = {"send": 0, "done": 0, "attach": 0, "failed": 0, "uncertain": 0}
     credits = 0
     unpriced: set[str] = set()
@@ -191,8 +201,11 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
                 unpriced.add(item.model)
             else:
                 credits += cost
-    spent = journal_credits(plan.journal)
-    code = EXIT_FAILED if problems else EXIT_OK
+    spent = credits_spent(records.values())
+    left = None if args.budget is None else max(0, args.budget - spent)
+    # A plan that cannot be carried out as asked fails: invalid lines, or more than the budget.
+    fits = left is None or credits <= left
+    code = EXIT_FAILED if problems or not fits else EXIT_OK
     if args.json:
         data = {
             "event": "plan",
@@ -206,7 +219,9 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
             "uncertain_earlier": counts["uncertain"],
             "invalid": len(problems),
             "credits_spent_earlier": spent,
+            "journal_lines_skipped": found.skipped,
             "budget": args.budget,
+            "fits_budget": fits,
             "journal": str(plan.journal),
             "exit_code": code,
             "problems": [{"position": p, "error": error} for p, error in problems],
@@ -230,8 +245,9 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
         )
     if spent:
         rows.append(("spent", f"{spent} credits in earlier runs ({plan.journal})"))
-    if args.budget is not None:
-        left = max(0, args.budget - spent)
+    if found.skipped:
+        rows.append(("journal", f"{found.skipped} unreadable lines skipped ({plan.journal})"))
+    if left is not None:
         verdict = "fits" if credits <= left else f"does not fit: {credits - left} credits short"
         rows.append(("budget", f"{args.budget} credits, {left} left: the run {verdict}"))
     write(sys.stdout, f"dry run of {plan.path} (nothing sent)")
@@ -412,6 +428,24 @@ def generate_command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
 
 
 async def _generate_async(args: argparse.Namespace, request: GenerationRequest) -> int:
+    submitted: list[str] = []
+    try:
+        return await _generate(args, request, submitted)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        if submitted:
+            # Paid for and running: the user may still want its image.
+            write(
+                sys.stderr,
+                f"nanobanana: task {submitted[0]} goes on; to get its image: "
+                f"nanobanana wait {submitted[0]} --out PATH",
+            )
+        raise
+
+
+async def _generate(
+    args: argparse.Namespace, request: GenerationRequest, submitted: list[str]
+) -> int:
+    """Generate one image; the task's id goes into *submitted* as soon as it is known."""
     async with open_client(args, max_concurrency=1) as client:
         view = make_view(
             args, sys.stderr, total=1, credits=lambda: client.credits.spent, title=None
@@ -419,6 +453,7 @@ async def _generate_async(args: argparse.Namespace, request: GenerationRequest) 
         client.add_retry_listener(retry_listener(view))
         with view:
             task = await client.submit(request)
+            submitted.append(task.id)
             view.event(
                 BatchEvent(
                     kind=BatchEventKind.SUBMITTED,
@@ -460,11 +495,16 @@ async def _wait_async(args: argparse.Namespace) -> int:
 async def status_command(args: argparse.Namespace) -> int:
     """Poll a task once and print its status."""
     async with open_client(args, max_concurrency=1) as client:
+        client.add_retry_listener(
+            lambda event: write(sys.stderr, event_line(retry_event(event)) or "")
+        )
         snapshot = await client.get(args.task_id)
     failed = snapshot.status is TaskStatus.FAILED
     if args.json:
         data = plain(snapshot)
-        write(sys.stdout, json.dumps({"event": "status", **data}, ensure_ascii=False))
+        # `task_id`, as every other event names the task (the snapshot's field is `id`).
+        data = {"event": "status", "task_id": data.pop("id"), **data}
+        write(sys.stdout, json.dumps(data, ensure_ascii=False))
         return EXIT_FAILED if failed else EXIT_OK
     write(sys.stdout, f"{snapshot.id}: {snapshot.status.value} ({snapshot.progress}%)")
     for image in snapshot.results:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -176,7 +177,8 @@ def _add_batch(commands: Commands, options: Options) -> None:
         "--dry-run",
         action="store_true",
         help="check every line, print how many creates and credits the run would take "
-        "(minus what the journal says is done), send nothing",
+        "(minus what the journal says is done), send nothing; exit 1 if a line is invalid or "
+        "the run would pass --budget",
     )
     batch.add_argument(
         "--concurrency",
@@ -333,6 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LogLines(logging.Handler):
+    """Shows the library's log records (INFO and up) on standard error, one safe line each.
+
+    The library logs what it waits for (retries, 429 pauses, a shared limiter's waits) and what
+    it skipped (unreadable journal lines): the command's user sees it. The stream is looked up
+    at each record, so a replaced ``sys.stderr`` is honoured.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "nanobanana_retry", False):
+            return  # every command shows the client's retries itself (a retry listener)
+        try:
+            level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+            write(sys.stderr, f"nanobanana: {level}{record.getMessage()}")
+        except Exception:
+            self.handleError(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nanobanana`` command; return its exit code."""
     parser = build_parser()
@@ -340,6 +360,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    logger = logging.getLogger("nanobanana_async")
+    handler = _LogLines(logging.INFO)
+    saved = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(logger.getEffectiveLevel(), logging.INFO))
+    try:
+        return _run(args)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         outcome = args.run(args)
         if asyncio.iscoroutine(outcome):

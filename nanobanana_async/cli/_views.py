@@ -6,8 +6,10 @@ import argparse
 import enum
 import json
 import os
+import re
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -15,6 +17,7 @@ from typing import Any, TextIO
 import attrs
 
 from .._events import BatchEvent, BatchEventKind, BatchItemStatus, BatchSummary
+from .._gallery import GALLERY_NAME
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,14 +26,49 @@ EXIT_INTERRUPTED = 130
 
 _MAX_ROWS = 8  # per-task rows in the live display
 _MAX_PROBLEMS = 20  # problem lines listed under the summary (identical problems share one)
+#: Said after every "uncertain" line: how to send such an item again, knowing the risk.
+RETRY_UNCERTAIN_HINT = "(may have been charged; --retry-uncertain sends it again)"
 
 
 # --- output ------------------------------------------------------------------------------------
 
+#: Format characters that reorder or hide text on a terminal (bidi overrides, isolates, marks).
+_INVISIBLE = frozenset(
+    "\u061c\u200b\u200c\u200d\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
+    "\u2060\u2066\u2067\u2068\u2069\ufeff"
+)
+
+
+def _escaped(char: str) -> str:
+    if char in "\t\n\r":
+        return " "  # a server's line break must not forge a line of ours
+    if unicodedata.category(char) == "Cc" or char in _INVISIBLE:
+        # JSON's own escape: inside a JSON string it stands for the same character.
+        return f"\\u{ord(char):04x}"
+    return char
+
+
+#: Every character `safe` rewrites: C0 and C1 controls, DEL, and `_INVISIBLE`.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f" + "".join(sorted(_INVISIBLE)) + "]")
+
+
+def safe(text: str) -> str:
+    """Return *text* fit for a terminal: one line, no control or bidi character left raw.
+
+    Server text (a failure reason, an error body), file names and prompts can hold ESC, OSC or
+    CSI sequences that retitle the window, clear the screen or fake output; C0 and C1 controls,
+    DEL, bidi overrides and invisible format characters become visible ``\\uXXXX`` escapes (in a
+    JSON line, the same escape JSON uses), and line breaks become spaces. Every line the command
+    prints goes through it.
+    """
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda match: _escaped(match.group()), text)
+
 
 def write(stream: TextIO, text: str) -> None:
-    """Write one line and flush it (a pipe reader sees each line as it happens)."""
-    stream.write(text + "\n")
+    """Write one line, made `safe`, and flush it (a pipe reader sees each line as it happens)."""
+    stream.write(safe(text) + "\n")
     stream.flush()
 
 
@@ -58,7 +96,7 @@ def event_line(event: BatchEvent) -> str | None:
     if kind is BatchEventKind.FAILED:
         return f"failed     {where}{event.message}"
     if kind is BatchEventKind.UNCERTAIN:
-        return f"uncertain  {where}{event.message}"
+        return f"uncertain  {where}{event.message} {RETRY_UNCERTAIN_HINT}"
     if kind is BatchEventKind.SKIPPED:
         return f"skipped    {where}{event.message}"
     if kind is BatchEventKind.RETRYING:
@@ -130,10 +168,17 @@ def summary_json(
         "elapsed": round(summary.elapsed, 3),
         "interrupted": summary.interrupted,
         "out_dir": str(summary.out_dir),
+        "gallery": None if (page := gallery_page(summary)) is None else str(page),
         "journal": str(summary.journal) if show_journal else None,
         "exit_code": exit_code,
         "problems": problems,
     }
+
+
+def gallery_page(summary: BatchSummary) -> Path | None:
+    """Return the batch's gallery page, if it was written."""
+    page = summary.out_dir / GALLERY_NAME
+    return page if page.is_file() else None
 
 
 def summary_rows(
@@ -156,6 +201,9 @@ def summary_rows(
     rows.append(("credits", f"{summary.credits_spent} this run, {summary.credits_total} in all"))
     rows.append(("time", f"{summary.elapsed:.1f} s"))
     rows.append(("images", f"{summary.out_dir}{os.sep}"))
+    page = gallery_page(summary)
+    if page is not None:
+        rows.append(("gallery", str(page)))
     if show_journal:
         rows.append(("journal", str(summary.journal)))
     return rows
@@ -185,7 +233,8 @@ def problem_lines(summary: BatchSummary) -> list[str]:
     lines = []
     for (status, error), positions in list(groups.items())[:_MAX_PROBLEMS]:
         count = f" ({len(positions)} items)" if len(positions) > 1 else ""
-        lines.append(f"{positions_text(positions)} {status}{count}: {error}")
+        hint = f" {RETRY_UNCERTAIN_HINT}" if status == str(BatchItemStatus.UNCERTAIN) else ""
+        lines.append(f"{positions_text(positions)} {status}{count}: {error}{hint}")
     if len(groups) > _MAX_PROBLEMS:
         lines.append(f"... and {len(groups) - _MAX_PROBLEMS} more (see the journal)")
     return lines
@@ -367,7 +416,7 @@ class RichView(View):
     def _print(self, text: str, style: str | None = None) -> None:
         from rich.text import Text
 
-        self._progress.console.print(Text(text, style=style or ""))
+        self._progress.console.print(Text(safe(text), style=style or ""))
 
     def event(self, event: BatchEvent) -> None:
         super().event(event)
@@ -417,16 +466,17 @@ class RichView(View):
         table.add_column(style="bold")
         table.add_column()
         for name, value in summary_rows(summary, self.tally.total, show_journal=show_journal):
-            table.add_row(name, value)
-        self._console.print(table)
+            table.add_row(safe(name), safe(value))
+        self._console.print(table, markup=False)
         for line in problem_lines(summary):
-            self._console.print(line, style="red", markup=False)
+            self._console.print(safe(line), style="red", markup=False)
 
 
 def _escape(text: str) -> str:
+    """Return *text* made `safe` and escaped for rich's markup (task labels and infos)."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(safe(text))
 
 
 def _has_rich() -> bool:

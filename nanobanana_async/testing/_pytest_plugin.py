@@ -4,6 +4,10 @@ The async fixtures run under anyio's pytest plugin (``pytest.mark.anyio``, on th
 aiohttp is asyncio-only) and under pytest-asyncio, in its strict mode too
 (``pytest.mark.asyncio``): when pytest-asyncio is installed they are declared its way, which
 anyio's plugin runs as well.
+
+The plugin also gives anyio's plugin a default ``anyio_backend`` of ``"asyncio"``: without it,
+anyio runs every ``pytest.mark.anyio`` test on trio too when trio is installed, where aiohttp
+cannot run. A ``conftest.py`` that defines ``anyio_backend`` still decides.
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ def _async_fixture() -> Callable[[_F], _F]:
 
 
 _fixture = _async_fixture()
+
+#: The name the default ``anyio_backend`` is registered under.
+_BACKEND_PLUGIN = "nanobanana-anyio-backend"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the default ``anyio_backend`` (asyncio) after every installed plugin."""
+    if not config.pluginmanager.has_plugin(_BACKEND_PLUGIN):
+        module = importlib.import_module("nanobanana_async.testing._anyio_backend")
+        config.pluginmanager.register(module, _BACKEND_PLUGIN)
 
 
 def _speed(options: dict[str, Any]) -> float:

@@ -17,13 +17,13 @@ from ._helpers import fast_client, held_emulator, journal_lines, last_states, pn
 
 pytestmark = pytest.mark.anyio
 
-K = nb.BatchEventKind
-S = nb.BatchItemStatus
+K = nb.events.BatchEventKind
+S = nb.events.BatchItemStatus
 
 
-def terminal(events: list[nb.BatchEvent]) -> dict[int, list[nb.BatchEvent]]:
+def terminal(events: list[nb.events.BatchEvent]) -> dict[int, list[nb.events.BatchEvent]]:
     """Group the one-per-item outcome events by position."""
-    ends: dict[int, list[nb.BatchEvent]] = {}
+    ends: dict[int, list[nb.events.BatchEvent]] = {}
     for event in events:
         if event.kind in (K.SUCCEEDED, K.FAILED, K.UNCERTAIN, K.SKIPPED):
             assert event.position is not None
@@ -34,7 +34,7 @@ def terminal(events: list[nb.BatchEvent]) -> dict[int, list[nb.BatchEvent]]:
 async def test_every_image_is_saved_under_a_stable_name(tmp_path: Path) -> None:
     """Each prompt ends as one PNG named <position>-<slug>-<n>, with its cost and a full journal."""
     prompts = [f"A banana cat, take {i}!" for i in range(5)]
-    events: list[nb.BatchEvent] = []
+    events: list[nb.events.BatchEvent] = []
     async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
         summary = await nb.run_batch(client, prompts, tmp_path, on_event=events.append)
         assert emu.ledger.creates_received == 5
@@ -60,7 +60,7 @@ async def test_task_id_is_journaled_before_the_submitted_event(tmp_path: Path) -
     journal = tmp_path / "journal.jsonl"
     on_disk: list[bool] = []
 
-    def check(event: nb.BatchEvent) -> None:
+    def check(event: nb.events.BatchEvent) -> None:
         if event.kind is K.SUBMITTED:
             ids = {record.get("task_id") for record in journal_lines(journal)}
             on_disk.append(event.task_id in ids)
@@ -75,7 +75,7 @@ async def test_a_rerun_skips_finished_items(tmp_path: Path) -> None:
     prompts = ["red", "green", "blue"]
     async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
         await nb.run_batch(client, prompts, tmp_path)
-        events: list[nb.BatchEvent] = []
+        events: list[nb.events.BatchEvent] = []
         summary = await nb.run_batch(client, prompts, tmp_path, on_event=events.append)
         assert emu.ledger.creates_received == 3
     assert summary.ok
@@ -95,7 +95,7 @@ async def test_a_stopped_batch_resumes_by_attaching_to_its_running_tasks(tmp_pat
             batch = nb.Batch(client, prompts, tmp_path)
             submitted: list[str] = []
 
-            def stop_when_all_submitted(event: nb.BatchEvent) -> None:
+            def stop_when_all_submitted(event: nb.events.BatchEvent) -> None:
                 if event.kind is K.SUBMITTED:
                     submitted.append(event.task_id or "")
                     if len(submitted) == len(prompts):
@@ -108,7 +108,7 @@ async def test_a_stopped_batch_resumes_by_attaching_to_its_running_tasks(tmp_pat
         assert set(last_states(tmp_path / "journal.jsonl").values()) == {"running"}
         hold.release()
         async with fast_client(emu) as client:
-            events: list[nb.BatchEvent] = []
+            events: list[nb.events.BatchEvent] = []
             second = await nb.run_batch(client, prompts, tmp_path, on_event=events.append)
         assert emu.ledger.creates_received == 4
     assert second.ok
@@ -126,7 +126,7 @@ async def test_a_crash_mid_create_is_reported_uncertain_and_not_resent(tmp_path:
     intent = {"key": request_key(nb.GenerationRequest(prompt="first")), "position": 0}
     journal.write_text(json.dumps({**intent, "state": "submitting", "model": "nano-banana"}) + "\n")
     async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
-        events: list[nb.BatchEvent] = []
+        events: list[nb.events.BatchEvent] = []
         summary = await nb.run_batch(client, prompts, tmp_path, on_event=events.append)
         assert emu.ledger.creates_received == 1
         assert [item.status for item in summary.items] == [S.UNCERTAIN, S.SUCCEEDED]
@@ -170,7 +170,7 @@ async def test_the_budget_is_never_passed_whatever_the_concurrency(
     prompts = [f"budget {i}" for i in range(10)]
     async with Emulator(speed=1000, image_downscale=8, credits=None) as emu:
         async with fast_client(emu, max_concurrency=concurrency, max_credits=50) as client:
-            events: list[nb.BatchEvent] = []
+            events: list[nb.events.BatchEvent] = []
             summary = await nb.run_batch(
                 client, prompts, tmp_path, concurrency=concurrency, on_event=events.append
             )
@@ -241,7 +241,7 @@ async def test_events_can_be_iterated_and_the_summary_is_kept(tmp_path: Path) ->
     # let a task end before the batch has seen it running.
     async with held_emulator() as (emu, hold), fast_client(emu) as client:
         batch = nb.Batch(client, ["a", "b"], tmp_path)
-        events: list[nb.BatchEvent] = []
+        events: list[nb.events.BatchEvent] = []
         async for event in batch.events():
             events.append(event)
             if event.kind is K.PROGRESS and event.task_id is not None:
@@ -260,9 +260,9 @@ async def test_retries_and_rate_limits_are_reported_as_events(tmp_path: Path) ->
     # is held running until the retries are over: which polls fail does not depend on timing.
     async with held_emulator() as (emu, hold):
         async with fast_client(emu) as client:
-            events: list[nb.BatchEvent] = []
+            events: list[nb.events.BatchEvent] = []
 
-            def on_event(event: nb.BatchEvent) -> None:
+            def on_event(event: nb.events.BatchEvent) -> None:
                 if event.kind is K.PROGRESS and not any(e.kind is K.PROGRESS for e in events):
                     emu.faults.inject(Fault.rate_limit(retry_after=0), endpoint="result", times=1)
                     emu.faults.inject(Fault.status(503), endpoint="result", times=1)
@@ -290,7 +290,7 @@ async def test_a_retry_of_the_very_first_poll_names_its_item(tmp_path: Path) -> 
             retry=nb.RetryPolicy(sleep=False),
         )
         async with client:
-            events: list[nb.BatchEvent] = []
+            events: list[nb.events.BatchEvent] = []
             summary = await nb.run_batch(client, ["at once"], tmp_path, on_event=events.append)
     assert summary.ok
     retries = [event for event in events if event.kind is K.RETRYING]
@@ -346,7 +346,7 @@ async def test_one_journal_serves_one_batch_at_a_time(tmp_path: Path) -> None:
         async with fast_client(emu) as client:
             running = nb.Batch(client, ["slow"], tmp_path)
             other = nb.Batch(client, ["slow"], tmp_path)
-            events: list[nb.BatchEvent] = []
+            events: list[nb.events.BatchEvent] = []
             async with anyio.create_task_group() as group:
                 group.start_soon(running.run, events.append)
                 await wait_until(lambda: bool(events))
@@ -364,7 +364,7 @@ async def test_one_journal_serves_one_batch_at_a_time(tmp_path: Path) -> None:
 async def test_a_finished_batch_hears_no_more_of_its_client(tmp_path: Path) -> None:
     """After run() returns, the client's later retries reach no callback of that batch."""
     async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
-        events: list[nb.BatchEvent] = []
+        events: list[nb.events.BatchEvent] = []
         await nb.run_batch(client, ["once"], tmp_path, on_event=events.append)
         seen = len(events)
         emu.faults.inject(Fault.status(503), endpoint="result", times=2)
@@ -447,7 +447,7 @@ async def test_a_batch_keeps_its_gallery_page(tmp_path: Path) -> None:
     """A batch writes index.html beside its images: live while it runs, final once it ends."""
     pages: list[str] = []
 
-    def look(event: nb.BatchEvent) -> None:
+    def look(event: nb.events.BatchEvent) -> None:
         if event.kind is K.SUCCEEDED and (tmp_path / "index.html").exists():
             pages.append((tmp_path / "index.html").read_text())
 

@@ -45,7 +45,14 @@ FREE_NAMES = {
 
 #: Modules whose docstrings (of the module, of each name in `__all__` and of their public
 #: members) the API reference shows.
-DOCUMENTED_MODULES = ("nanobanana_async", "nanobanana_async.testing")
+DOCUMENTED_MODULES = (
+    "nanobanana_async",
+    "nanobanana_async.defaults",
+    "nanobanana_async.events",
+    "nanobanana_async.gallery",
+    "nanobanana_async.limiters",
+    "nanobanana_async.testing",
+)
 
 
 def sources() -> list[Path]:

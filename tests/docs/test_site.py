@@ -23,7 +23,17 @@ def _documented(module: str) -> set[str]:
     return set(re.findall(rf"^::: {re.escape(module)}\.(\w+)\s*$", text, re.MULTILINE))
 
 
-@pytest.mark.parametrize("module", [nanobanana_async, nanobanana_async.testing])
+@pytest.mark.parametrize(
+    "module",
+    [
+        nanobanana_async,
+        nanobanana_async.defaults,
+        nanobanana_async.events,
+        nanobanana_async.gallery,
+        nanobanana_async.limiters,
+        nanobanana_async.testing,
+    ],
+)
 def test_reference_covers_all(module: object) -> None:
     """Every name in the module's __all__ has an entry in the API reference, and nothing else."""
     exported = set(module.__all__)  # type: ignore[attr-defined]

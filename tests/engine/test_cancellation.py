@@ -38,26 +38,26 @@ async def cancel_when(condition: Callable[[], bool], scope: anyio.CancelScope) -
     scope.cancel()
 
 
-class StoreLimiter(nb.BaseLimiter):
+class StoreLimiter(nb.limiters.BaseLimiter):
     """A limiter whose release awaits, as a shared store's (Redis) does."""
 
     def __init__(self) -> None:
         self.held: set[str] = set()
         self._count = 0
 
-    async def acquire(self) -> nb.Lease:
+    async def acquire(self) -> nb.limiters.Lease:
         self._count += 1
         self.held.add(str(self._count))
-        return nb.Lease(str(self._count))
+        return nb.limiters.Lease(str(self._count))
 
-    async def release(self, lease: nb.Lease) -> None:
+    async def release(self, lease: nb.limiters.Lease) -> None:
         await anyio.sleep(0.01)  # a round trip to the store
         self.held.discard(lease.token)
 
     async def pause(self, seconds: float) -> None:
         pass
 
-    async def ready(self, kind: nb.RequestKind = "create") -> None:
+    async def ready(self, kind: nb.limiters.RequestKind = "create") -> None:
         pass
 
 

@@ -34,15 +34,15 @@ class CountingLimiter(nb.Limiter):
         self.released: list[str] = []
         self.renewed: list[str] = []
 
-    async def ready(self, kind: nb.RequestKind = "create") -> None:
+    async def ready(self, kind: nb.limiters.RequestKind = "create") -> None:
         self.ready_calls[kind] += 1
         await super().ready(kind)
 
-    async def release(self, lease: nb.Lease) -> None:
+    async def release(self, lease: nb.limiters.Lease) -> None:
         self.released.append(lease.token)
         await super().release(lease)
 
-    async def renew(self, lease: nb.Lease) -> None:
+    async def renew(self, lease: nb.limiters.Lease) -> None:
         self.renewed.append(lease.token)
 
 
@@ -177,7 +177,7 @@ def test_the_pause_cap_defaults_to_the_retry_deadline() -> None:
 class BlockedPolls(nb.Limiter):
     """A limiter whose gate never lets a poll leave (an endless pause, as the gate sees it)."""
 
-    async def ready(self, kind: nb.RequestKind = "create") -> None:
+    async def ready(self, kind: nb.limiters.RequestKind = "create") -> None:
         if kind == "poll":
             await anyio.sleep_forever()
 
@@ -269,7 +269,7 @@ class BrokenStore(nb.Limiter):
         self.calls = 0
         self.breaks_at = breaks_at
 
-    async def acquire(self) -> nb.Lease:
+    async def acquire(self) -> nb.limiters.Lease:
         self.calls += 1
         if self.calls == self.breaks_at:
             raise ConnectionResetError("the store went away")
@@ -337,11 +337,11 @@ class FailingAt(nb.Limiter):
         self._maybe("reserve")
         await super().reserve(credits)
 
-    async def acquire(self) -> nb.Lease:
+    async def acquire(self) -> nb.limiters.Lease:
         self._maybe("acquire")
         return await super().acquire()
 
-    async def ready(self, kind: nb.RequestKind = "create") -> None:
+    async def ready(self, kind: nb.limiters.RequestKind = "create") -> None:
         if kind == "create":
             self._maybe("ready")
         await super().ready(kind)

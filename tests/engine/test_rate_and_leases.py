@@ -34,28 +34,28 @@ async def test_the_rate_cap_spaces_requests_of_the_key() -> None:
     assert stamps[-1] - began >= 7 / 20
 
 
-class CountingLimiter(nb.BaseLimiter):
+class CountingLimiter(nb.limiters.BaseLimiter):
     """A shared-store stand-in: counts acquires, releases and renewals of its leases."""
 
     def __init__(self) -> None:
         self.inner = nb.Limiter(max_concurrency=4)
-        self.renewed: list[nb.Lease] = []
-        self.released: list[nb.Lease] = []
+        self.renewed: list[nb.limiters.Lease] = []
+        self.released: list[nb.limiters.Lease] = []
 
-    async def acquire(self) -> nb.Lease:
+    async def acquire(self) -> nb.limiters.Lease:
         return await self.inner.acquire()
 
-    async def release(self, lease: nb.Lease) -> None:
+    async def release(self, lease: nb.limiters.Lease) -> None:
         self.released.append(lease)
         await self.inner.release(lease)
 
-    async def renew(self, lease: nb.Lease) -> None:
+    async def renew(self, lease: nb.limiters.Lease) -> None:
         self.renewed.append(lease)
 
     async def pause(self, seconds: float) -> None:
         await self.inner.pause(seconds)
 
-    async def ready(self, kind: nb.RequestKind = "create") -> None:
+    async def ready(self, kind: nb.limiters.RequestKind = "create") -> None:
         await self.inner.ready()
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_every_retry_reaches_hooks_and_the_log(caplog: pytest.LogCaptureFixture) -> None:
-    """Each retry is reported once to on_retry, to every listener, and as a DEBUG log line."""
+    """Each retry is reported once to on_retry, to every listener, and as an INFO log line."""
     caplog.set_level(logging.DEBUG, logger="nanobanana_async")
     async with Emulator(speed=SPEED, api_key="nb-secret-key-123") as emu:
         emu.faults.inject(Fault.status(503), endpoint="create", times=1)
@@ -42,7 +42,7 @@ async def test_every_retry_reaches_hooks_and_the_log(caplog: pytest.LogCaptureFi
     assert all(e.wait == 0.0 for e in from_policy)  # sleep=False
     lines = [r for r in caplog.records if r.getMessage().startswith("retrying ")]
     assert len(lines) == 3
-    assert all(r.levelno == logging.DEBUG and r.name == "nanobanana_async" for r in lines)
+    assert all(r.levelno == logging.INFO and r.name == "nanobanana_async" for r in lines)
     assert "retrying create" in lines[0].getMessage()
     assert all(task.id in r.getMessage() for r in lines[1:])
     assert all("nb-secret-key-123" not in r.getMessage() for r in caplog.records)

@@ -34,9 +34,9 @@ class BatchRuns:
     """The three runs that build one output folder: all done, one uncertain, one failed."""
 
     folder: Path
-    done: nb.BatchSummary
-    uncertain: nb.BatchSummary
-    failed: nb.BatchSummary
+    done: nb.events.BatchSummary
+    uncertain: nb.events.BatchSummary
+    failed: nb.events.BatchSummary
 
     @property
     def journal(self) -> Path:
@@ -56,7 +56,7 @@ def fast_client(emu: Emulator, **options: Any) -> nb.Client:
 
 
 async def run_batches(
-    folder: Path, on_event: Callable[[nb.BatchEvent], None] | None = None
+    folder: Path, on_event: Callable[[nb.events.BatchEvent], None] | None = None
 ) -> BatchRuns:
     """Run real batches into *folder*: three items done, then one uncertain, then one failed.
 

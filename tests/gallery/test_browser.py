@@ -99,7 +99,7 @@ def _colours(pixels: bytes, bpp: int, stride: int, box: tuple[int, int, int, int
 async def test_the_gallery_renders_in_a_browser(tmp_path: Path, browser: Browser) -> None:
     """Every thumbnail decodes, the failure shows its reason, a <script> prompt stays text."""
     runs = await run_batches(tmp_path / "out")
-    gallery = nb.write_gallery(runs.folder)
+    gallery = nb.gallery.write_gallery(runs.folder)
     page = await browser.new_page(viewport=VIEWPORT)
     watch = _Watch(page)
     await page.goto(gallery.as_uri(), wait_until="load")
@@ -116,7 +116,9 @@ async def test_the_gallery_renders_in_a_browser(tmp_path: Path, browser: Browser
             }));
         }"""
     )
-    done = [item for item in runs.failed.items if item.status is nb.BatchItemStatus.SUCCEEDED]
+    done = [
+        item for item in runs.failed.items if item.status is nb.events.BatchItemStatus.SUCCEEDED
+    ]
     paths = [path for item in done for path in item.paths]
     assert [image["src"] for image in images] == [path.name for path in paths]
     assert all(image["lazy"] == "lazy" for image in images)
@@ -157,11 +159,11 @@ async def test_a_running_gallery_reloads_itself_in_a_browser(
 ) -> None:
     """While the batch runs the page reloads on its own, so it shows the items that finish."""
     folder = tmp_path / "out"
-    gallery = nb.Gallery(folder, refresh=1)
+    gallery = nb.gallery.Gallery(folder, refresh=1)
     live: list[Path] = []
 
-    def on_event(event: nb.BatchEvent) -> None:
-        if event.kind is nb.BatchEventKind.SUBMITTED and event.position == 0:
+    def on_event(event: nb.events.BatchEvent) -> None:
+        if event.kind is nb.events.BatchEventKind.SUBMITTED and event.position == 0:
             live.append(gallery.write(running=True))
 
     await run_batches(folder, on_event=on_event)

@@ -25,7 +25,7 @@ from ._helpers import (
     run_batches,
 )
 
-S = nb.BatchItemStatus
+S = nb.events.BatchItemStatus
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 @pytest.mark.anyio
 async def test_every_item_is_a_card_with_its_images_and_details(runs: BatchRuns) -> None:
     """Each item is one card, in input order, with its prompt, model, size, credits and task id."""
-    page_path = nb.write_gallery(runs.folder)
+    page_path = nb.gallery.write_gallery(runs.folder)
     assert page_path == runs.folder / "index.html"
     page = parse_page(page_path)
     items = runs.failed.items
@@ -79,7 +79,7 @@ async def test_every_item_is_a_card_with_its_images_and_details(runs: BatchRuns)
 @pytest.mark.anyio
 async def test_failed_and_uncertain_cards_show_their_reason(runs: BatchRuns) -> None:
     """The failed card shows the service's reason; the uncertain one, why it may cost credits."""
-    page = parse_page(nb.write_gallery(runs.folder))
+    page = parse_page(nb.gallery.write_gallery(runs.folder))
     failed, uncertain = runs.failed.items[4], runs.uncertain.items[3]
     assert "output_moderation" in (failed.error or "")
     assert "may have reached the server" in (uncertain.error or "")
@@ -94,7 +94,7 @@ async def test_failed_and_uncertain_cards_show_their_reason(runs: BatchRuns) -> 
 @pytest.mark.anyio
 async def test_a_hostile_prompt_is_text_not_markup(runs: BatchRuns) -> None:
     """A prompt full of tags and quotes adds no element or attribute to the page: it stays text."""
-    page = parse_page(nb.write_gallery(runs.folder))
+    page = parse_page(nb.gallery.write_gallery(runs.folder))
     assert page.find_all("script") == []
     assert len(page.find_all("img")) == 3  # only the thumbnails, not the prompt's <img>
     assert len(page.find_all("b")) == len(page.find(cls="stats").find_all("b"))
@@ -109,7 +109,7 @@ async def test_a_hostile_prompt_is_text_not_markup(runs: BatchRuns) -> None:
 @pytest.mark.anyio
 async def test_the_header_counts_items_credits_and_time(runs: BatchRuns) -> None:
     """The summary header has the done/failed/uncertain counts and credits the batch reports."""
-    page = parse_page(nb.write_gallery(runs.folder))
+    page = parse_page(nb.gallery.write_gallery(runs.folder))
     stats = page.find(cls="stats")
     summary = runs.failed
     counts = {
@@ -138,11 +138,11 @@ async def test_a_page_written_while_running_reloads_and_shows_running_items(
 ) -> None:
     """Written during the run, the page refreshes itself and shows items in flight as running."""
     folder = tmp_path / "live"
-    gallery = nb.Gallery(folder, refresh=2.5)
+    gallery = nb.gallery.Gallery(folder, refresh=2.5)
     snapshots: list[str] = []
 
-    def on_event(event: nb.BatchEvent) -> None:
-        if event.kind is nb.BatchEventKind.SUBMITTED and event.position == 0:
+    def on_event(event: nb.events.BatchEvent) -> None:
+        if event.kind is nb.events.BatchEventKind.SUBMITTED and event.position == 0:
             snapshots.append(gallery.write(running=True).read_text(encoding="utf-8"))
 
     await run_batches(folder, on_event=on_event)
@@ -163,7 +163,7 @@ async def test_a_page_written_while_running_reloads_and_shows_running_items(
 @pytest.mark.anyio
 async def test_the_page_is_replaced_whole_and_no_temporary_file_stays(runs: BatchRuns) -> None:
     """A reader of the old page keeps a complete page; the rewrite leaves no temporary file."""
-    gallery = nb.Gallery(runs.folder)
+    gallery = nb.gallery.Gallery(runs.folder)
     path = gallery.write(running=True)
     with path.open("rb") as reader:
         gallery.write()
@@ -180,7 +180,7 @@ async def test_reading_the_journal_as_it_grows_gives_the_same_page(runs: BatchRu
     """A Gallery fed the journal line by line (torn lines too) renders what a fresh one does."""
     lines = runs.journal.read_bytes().splitlines(keepends=True)
     growing = runs.folder / "growing.jsonl"
-    gallery = nb.Gallery(runs.folder, growing, title="same")
+    gallery = nb.gallery.Gallery(runs.folder, growing, title="same")
     with growing.open("wb") as stream:
         for line in lines:
             stream.write(line[:5])  # a line still being written
@@ -190,7 +190,9 @@ async def test_reading_the_journal_as_it_grows_gives_the_same_page(runs: BatchRu
             stream.flush()
             gallery.write(running=True)
     incremental = gallery.write().read_text(encoding="utf-8")
-    fresh = nb.write_gallery(runs.folder, runs.journal, title="same").read_text(encoding="utf-8")
+    fresh = nb.gallery.write_gallery(runs.folder, runs.journal, title="same").read_text(
+        encoding="utf-8"
+    )
     assert incremental == fresh
     # A journal replaced by a shorter one is read again from its start.
     growing.write_bytes(b"".join(lines[:3]))
@@ -201,7 +203,7 @@ async def test_reading_the_journal_as_it_grows_gives_the_same_page(runs: BatchRu
 @pytest.mark.anyio
 async def test_a_missing_image_is_reported_instead_of_a_broken_thumbnail(runs: BatchRuns) -> None:
     """When an image file is gone, its card says so and has no img pointing at nothing."""
-    gallery = nb.Gallery(runs.folder)
+    gallery = nb.gallery.Gallery(runs.folder)
     gallery.write()
     gone = runs.failed.items[0].paths[0]
     gone.unlink()
@@ -224,7 +226,7 @@ def test_unreadable_journal_lines_are_skipped(tmp_path: Path) -> None:
         b'{"key": "k5", "position": 2, "sta',
     ]
     (tmp_path / "journal.jsonl").write_bytes(b"".join(lines))
-    page = parse_page(nb.write_gallery(tmp_path))
+    page = parse_page(nb.gallery.write_gallery(tmp_path))
     (card,) = cards(page)
     assert card.find(cls="prompt").text() == "fine"
     assert card.find(cls="reason").text() == "boom"
@@ -233,12 +235,12 @@ def test_unreadable_journal_lines_are_skipped(tmp_path: Path) -> None:
 def test_a_missing_journal_or_a_bad_refresh_is_a_clear_error(tmp_path: Path) -> None:
     """Rendering without a journal, or with a refresh that is not positive, names the field."""
     with pytest.raises(nb.InvalidRequestError, match="journal") as missing:
-        nb.write_gallery(tmp_path)
+        nb.gallery.write_gallery(tmp_path)
     assert str(tmp_path / "journal.jsonl") in str(missing.value)
     assert not (tmp_path / "index.html").exists()
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(nb.InvalidRequestError, match="refresh"):
-            nb.Gallery(tmp_path, refresh=bad)
+            nb.gallery.Gallery(tmp_path, refresh=bad)
 
 
 def test_image_sizes_are_read_from_jpeg_gif_and_webp_headers(tmp_path: Path) -> None:
@@ -260,7 +262,7 @@ def test_image_sizes_are_read_from_jpeg_gif_and_webp_headers(tmp_path: Path) -> 
         (tmp_path / name).write_bytes(data)
         records.append({"key": name, "position": n, "state": "succeeded", "files": [name]})
     (tmp_path / "journal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    images = parse_page(nb.write_gallery(tmp_path)).find_all("img")
+    images = parse_page(nb.gallery.write_gallery(tmp_path)).find_all("img")
     assert [(img.attrs["width"], img.attrs["height"]) for img in images] == [
         (str(w), str(h)) for _, (w, h) in files.values()
     ]
@@ -290,7 +292,7 @@ def test_any_text_round_trips_through_the_page(prompt: str, error: str, task_id:
     }
     with tempfile.TemporaryDirectory() as folder:
         Path(folder, "journal.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
-        page = parse_page(nb.write_gallery(folder))
+        page = parse_page(nb.gallery.write_gallery(folder))
         names = sorted(os.listdir(folder))
     (card,) = cards(page)
     assert card.find(cls="prompt").text() == prompt

@@ -85,6 +85,9 @@ class HostileServer:
         self.close_after_answer = False
         self.per_connection: Counter[Any] = Counter()
         self.base_url = ""
+        #: What a failed task says (tests put hostile text here).
+        self.failure_reason = "error"
+        self.failure_error = "failed to generate image"
         self._ids = itertools.count(1)
         self._closing = asyncio.Event()
 
@@ -134,8 +137,8 @@ class HostileServer:
                 "status": "failed",
                 "progress": 0,
                 "results": [],
-                "failure_reason": "error",
-                "error": "failed to generate image",
+                "failure_reason": self.failure_reason,
+                "error": self.failure_error,
             }
         return {
             "id": task_id,

@@ -267,7 +267,7 @@ async def test_an_oversized_poll_answer_is_cut_and_the_poll_retried(fault: str) 
             await task.wait()
     (event,) = events
     assert isinstance(event.cause, nb.ProtocolError)
-    assert f"larger than {nb.DEFAULT_MAX_REPLY_BYTES} bytes" in str(event.cause)
+    assert f"larger than {nb.defaults.DEFAULT_MAX_REPLY_BYTES} bytes" in str(event.cause)
 
 
 async def test_max_reply_bytes_is_configurable() -> None:

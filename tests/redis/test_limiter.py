@@ -110,7 +110,7 @@ async def test_calls_for_running_tasks_never_raise_when_redis_is_unreachable() -
     async with nb.RedisLimiter(
         f"redis://127.0.0.1:{free_port()}/0", name=_name(), max_concurrency=2, max_credits=10
     ) as limiter:
-        lease = nb.Lease("not-held")
+        lease = nb.limiters.Lease("not-held")
         await limiter.ready("poll")
         await limiter.renew(lease)
         await limiter.pause(0.0)
@@ -134,7 +134,7 @@ async def test_slots_are_shared_and_served_in_arrival_order(
         first = await limiters[0].acquire()
         order: list[int] = []
 
-        async def take(index: int) -> nb.Lease:
+        async def take(index: int) -> nb.limiters.Lease:
             lease = await limiters[index].acquire()
             order.append(index)
             return lease
@@ -201,7 +201,7 @@ async def test_a_pause_holds_every_limiter_of_the_name(redis_server: RedisServer
         await one.pause(0.5)
         started = time.monotonic()
 
-        async def waited(limiter: nb.RedisLimiter, kind: nb.RequestKind) -> float:
+        async def waited(limiter: nb.RedisLimiter, kind: nb.limiters.RequestKind) -> float:
             await limiter.ready(kind)
             return time.monotonic() - started
 

@@ -110,7 +110,7 @@ class BreakableLimiter(nb.Limiter):
 
     broken = False
 
-    async def ready(self, kind: nb.RequestKind = "create") -> None:
+    async def ready(self, kind: nb.limiters.RequestKind = "create") -> None:
         if self.broken:
             raise RuntimeError("limiter store unreachable")
         await super().ready()
@@ -121,32 +121,32 @@ class CountingLimiter(nb.Limiter):
 
     acquired = 0
 
-    async def acquire(self) -> nb.Lease:
+    async def acquire(self) -> nb.limiters.Lease:
         lease = await super().acquire()
         self.acquired += 1
         return lease
 
 
-class StoreLimiter(nb.BaseLimiter):
+class StoreLimiter(nb.limiters.BaseLimiter):
     """A limiter whose release awaits a round trip, as a shared store's (Redis) does."""
 
     def __init__(self) -> None:
         self.held: set[str] = set()
         self._count = itertools.count(1)
 
-    async def acquire(self) -> nb.Lease:
+    async def acquire(self) -> nb.limiters.Lease:
         token = str(next(self._count))
         self.held.add(token)
-        return nb.Lease(token)
+        return nb.limiters.Lease(token)
 
-    async def release(self, lease: nb.Lease) -> None:
+    async def release(self, lease: nb.limiters.Lease) -> None:
         await asyncio.sleep(0.01)
         self.held.discard(lease.token)
 
     async def pause(self, seconds: float) -> None:
         pass
 
-    async def ready(self, kind: nb.RequestKind = "create") -> None:
+    async def ready(self, kind: nb.limiters.RequestKind = "create") -> None:
         pass
 
 
