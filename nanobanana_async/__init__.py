@@ -64,6 +64,7 @@ from ._inputs import MODEL_COSTS
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
     AspectRatio,
+    CustomModel,
     GeneratedImage,
     GenerationRequest,
     ImageInput,
@@ -95,6 +96,7 @@ __all__ = [
     "ClientClosedError",
     "ClientStateError",
     "CreditUsage",
+    "CustomModel",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_DOWNLOAD_TIMEOUT",
     "DEFAULT_GALLERY_REFRESH",

@@ -126,6 +126,7 @@ def batch_command(args: argparse.Namespace) -> Coroutine[Any, Any, int] | int:
     check_folder(out, "--out")
     check_file(journal, "--journal")
     total = scan(path, fmt)
+    check_model(args.model, prices=prices(args), any_model=args.any_model)  # one line, not N
     defaults = Defaults(
         args.model,
         args.aspect_ratio,
