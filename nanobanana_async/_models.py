@@ -21,6 +21,11 @@ KnownModel = Literal["nano-banana-fast", "nano-banana", "nano-banana-pro"]
 #: A model the package does not know yet (the set is open: docs/api.md), given on purpose:
 #: `nb.CustomModel("nano-banana-2")`. A plain `str` at run time; checked like any other name.
 CustomModel = NewType("CustomModel", str)
+CustomModel.__doc__ = """A model the package does not know yet, sent on purpose (`str` at run time).
+
+`model=nb.CustomModel("nano-banana-2")` type-checks where a misspelt literal does not. With a budget
+set, give its price too: `Client(prices={"nano-banana-2": 18})`.
+"""
 #: A model name: a known one, or a `CustomModel` (the typed escape hatch for the others).
 ModelName = Union[KnownModel, CustomModel]
 #: An aspect ratio: `auto` or W:H (the last four only for models newer than the documented ones).
