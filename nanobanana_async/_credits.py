@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping
 from types import MappingProxyType
 
+import anyio
 import attrs
 
 from ._catalogue import DOCUMENTED_PRICES
@@ -47,6 +48,21 @@ def price_hint(model: str) -> str:
         f"give its price: Client(prices={{{model!r}: CREDITS}}), "
         f"or on the command line --price {model}=CREDITS"
     )
+
+
+class Reservation(int):
+    """An amount of credits reserved for one create of *model* (an `int` everywhere else)."""
+
+    model: str
+    #: Whether this create checks a price no answer has confirmed yet (it runs alone).
+    probe: bool
+
+    def __new__(cls, amount: int, model: str, *, probe: bool = False) -> Reservation:
+        """Return *amount* tagged with its model."""
+        self = super().__new__(cls, amount)
+        self.model = model
+        self.probe = probe
+        return self
 
 
 class OpenReservations:
@@ -150,7 +166,10 @@ class CreditLedger:
             {**DOCUMENTED_PRICES, **check_prices(prices)}
         )
         self._priced_only = budget is not None or shared_budget
+        self._given = frozenset(check_prices(prices))
         self._learned: dict[str, int] = {}
+        # Models whose given price a create in flight is checking, and the event it sets.
+        self._probes: dict[str, anyio.Event] = {}
 
     @property
     def reserved(self) -> int:
@@ -203,9 +222,35 @@ class CreditLedger:
         self._open.add(cost)
         return cost
 
+    def _unconfirmed(self, model: str) -> bool:
+        # A price the user gave is trusted for the budget only once an answer has confirmed it.
+        return self._priced_only and model in self._given and model not in self._learned
+
+    async def admit(self, model: str) -> Reservation:
+        """Reserve a create of *model* like `reserve`, first waiting while its price is checked.
+
+        With a budget, the first create of a model whose price was given (not yet confirmed by
+        an answer) runs alone: the others wait for its answer, so a wrong price costs at most one
+        create's difference instead of a whole window's.
+        """
+        while self._unconfirmed(model) and model in self._probes:
+            await self._probes[model].wait()
+        probe = self._unconfirmed(model)
+        reservation = Reservation(self.reserve(model), model, probe=probe)
+        if probe:
+            self._probes[model] = anyio.Event()
+        return reservation
+
+    def _closed(self, reserved: int) -> None:
+        if isinstance(reserved, Reservation) and reserved.probe:
+            event = self._probes.pop(reserved.model, None)
+            if event is not None:
+                event.set()
+
     def cancel(self, reserved: int) -> None:
         """Drop a reservation whose create definitely did not happen."""
         self._open.close(reserved)
+        self._closed(reserved)
 
     def charge(self, reserved: int, model: str, actual: int | None) -> int:
         """Turn a reservation into a charge of *actual* (or the expected amount if not told).
@@ -220,11 +265,13 @@ class CreditLedger:
                 self._learned[model] = actual
             self._open.cost_more(reserved, actual)
         self.charged += cost
+        self._closed(reserved)
         return cost
 
     def uncertain(self, reserved: int) -> None:
         """Count an uncertain create as charged: it may have been."""
         self.charged += self._open.close(reserved)
+        self._closed(reserved)
 
     def refund(self, amount: int) -> None:
         """Record the refund of a failed task."""

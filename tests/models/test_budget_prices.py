@@ -160,3 +160,37 @@ async def test_a_model_dearer_than_its_price_is_not_granted_past_the_budget() ->
             with pytest.raises(nb.BudgetExceededError):
                 await client.submit("a cat", model="nano-banana")  # 60 more would pass 100
         assert emu.ledger.credits_charged == 60
+
+
+async def test_a_wrong_given_price_costs_one_create_not_a_window() -> None:
+    """Five creates at once of a model priced 20 that costs 60, budget 100: only 60 is charged."""
+    async with Emulator(speed=SPEED, models={NEW: 60}, credits=None) as emu:
+        async with make_client(emu, max_credits=100, prices={NEW: 20}) as client:
+            refused: list[nb.BudgetExceededError] = []
+
+            async def one() -> None:
+                try:
+                    await client.submit("a cat", model=nb.CustomModel(NEW))
+                except nb.BudgetExceededError as exc:
+                    refused.append(exc)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(5):
+                    group.start_soon(one)
+            assert len(refused) == 4
+            assert client.credits.charged == 60
+        assert emu.ledger.credits_charged == 60 <= 100
+
+
+async def test_a_confirmed_price_lets_creates_run_side_by_side() -> None:
+    """Once an answer confirmed a given price, creates of that model no longer wait in line."""
+    ledger = CreditLedger(100, prices={NEW: 20})
+    probe = await ledger.admit(NEW)
+    with anyio.move_on_after(0.05) as waited:
+        await ledger.admit(NEW)  # waits: the first create checks the price
+    assert waited.cancelled_caught
+    ledger.charge(probe, NEW, 20)
+    with anyio.fail_after(5):
+        second, third = await ledger.admit(NEW), await ledger.admit(NEW)
+    assert (second, third) == (20, 20)
+    assert ledger.usage().reserved == 40
