@@ -47,6 +47,7 @@ from ._inputs import MODEL_COSTS
 from ._limiter import Limiter
 from ._models import (
     AspectRatio,
+    CustomModel,
     GeneratedImage,
     GenerationRequest,
     ImageInput,
@@ -72,6 +73,7 @@ __all__ = [
     "ClientClosedError",
     "ClientStateError",
     "CreditUsage",
+    "CustomModel",
     "DownloadError",
     "GeneratedImage",
     "GenerationRequest",

@@ -8,7 +8,7 @@ import contextvars
 import os
 import random
 import ssl as ssl_module
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, overload
@@ -27,7 +27,7 @@ from ._config import (
     Timeouts,
     positive_int,
 )
-from ._credits import CreditLedger, CreditUsage
+from ._credits import CreditLedger, CreditUsage, check_prices
 from ._download import Downloader
 from ._errors import (
     APIStatusError,
@@ -124,6 +124,9 @@ class Client:
         max_download_bytes: Largest image a download accepts.
         max_reply_bytes: Largest API answer read; a larger one is a `ProtocolError`.
         max_credits: A budget: a submit that could pass it raises `BudgetExceededError` unsent.
+            With a budget (here or in `limiter`), a model without a known price is refused.
+        prices: Credits per create by model, merged over the documented ones (`MODEL_COSTS`):
+            the price of a model the package does not know, or a new price of a known one.
         seed: Seeds the jitter of polls and retries (for reproducible tests).
     """
 
@@ -144,6 +147,7 @@ class Client:
         max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_credits: int | None = None,
+        prices: Mapping[str, int] | None = None,
         seed: int | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
@@ -185,7 +189,11 @@ class Client:
         self._retry = retry
         self._timeouts = timeouts
         self._rng = random.Random(seed)
-        self._credits = CreditLedger(max_credits)
+        self._credits = CreditLedger(
+            max_credits,
+            prices=check_prices(prices),
+            shared_budget=self._limiter.max_credits is not None,
+        )
         self._stats = DurationStats()
         self._timer = PollTimer(poll, self._stats, self._rng)
         self._scheduler = PollScheduler(
@@ -295,6 +303,11 @@ class Client:
     def credits(self) -> CreditUsage:
         """Credits this client charged, saw refunded and holds reserved, and its budget."""
         return self._credits.usage()
+
+    @property
+    def prices(self) -> Mapping[str, int]:
+        """Credits per create by model: `MODEL_COSTS` merged with the `prices=` given."""
+        return self._credits.prices
 
     @property
     def poll_policy(self) -> PollPolicy:

@@ -1,11 +1,116 @@
-"""Credit accounting: what a client spent, and the budget it must not pass."""
+"""Credit accounting: what a client spent, the prices it knows, and the budget it must not pass.
+
+The budget rule: a create is granted only if its price fits what the budget still allows, counting
+what was charged (less refunds) and what creates in flight may still cost. A model without a known
+price is refused while a budget is set. When an answer costs more than its reservation, the
+difference is charged at once, the reservations still in flight at that price are counted at the
+new cost, and the model is reserved at the new cost from then on: new grants stop until the books
+balance again, so that the budget is not passed by what the client grants after it learns.
+"""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import anyio
 import attrs
 
-from ._errors import BudgetExceededError
-from ._inputs import MODEL_COSTS
+from ._catalogue import DOCUMENTED_PRICES
+from ._errors import BudgetExceededError, InvalidRequestError
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_prices(prices: Mapping[str, int] | None, field: str = "prices") -> dict[str, int]:
+    """Return *prices* as a dict, or raise `InvalidRequestError` naming *field* and the rule."""
+    if prices is None:
+        return {}
+    if not isinstance(prices, Mapping):
+        raise InvalidRequestError(field, f"must map model names to credits; got {prices!r}")
+    checked: dict[str, int] = {}
+    for model, credits in prices.items():
+        if not isinstance(model, str) or not _MODEL_NAME.fullmatch(model):
+            raise InvalidRequestError(field, f"{model!r} is not a model name")
+        if isinstance(credits, bool) or not isinstance(credits, int) or credits < 0:
+            raise InvalidRequestError(
+                field, f"the price of {model} must be a non-negative whole number; got {credits!r}"
+            )
+        checked[model] = credits
+    return checked
+
+
+def price_hint(model: str) -> str:
+    """How to give the price of *model*, for error messages."""
+    return (
+        f"give its price: Client(prices={{{model!r}: CREDITS}}), "
+        f"or on the command line --price {model}=CREDITS"
+    )
+
+
+class Reservation(int):
+    """An amount of credits reserved for one create of *model* (an `int` everywhere else)."""
+
+    model: str
+    #: Whether this create checks a price no answer has confirmed yet (it runs alone).
+    probe: bool
+
+    def __new__(cls, amount: int, model: str, *, probe: bool = False) -> Reservation:
+        """Return *amount* tagged with its model."""
+        self = super().__new__(cls, amount)
+        self.model = model
+        self.probe = probe
+        return self
+
+
+class OpenReservations:
+    """Reservations not yet settled, by amount, with what each is now expected to cost.
+
+    A reservation is known by its amount only (what `reserve` returned). When one create of an
+    amount costs more than that amount, every other open reservation of the same amount is
+    expected to cost as much: `total` grows at once, before those creates are answered.
+    """
+
+    def __init__(self) -> None:
+        self._open: Counter[int] = Counter()
+        self._expected: dict[int, int] = {}
+        #: What the open reservations are expected to cost, in all.
+        self.total = 0
+
+    def expected(self, amount: int) -> int:
+        """Return what a reservation of *amount* is expected to cost now."""
+        return max(amount, self._expected.get(amount, amount))
+
+    def add(self, amount: int) -> None:
+        """Open a reservation of *amount*."""
+        self._open[amount] += 1
+        self.total += self.expected(amount)
+
+    def close(self, amount: int) -> int:
+        """Close one reservation of *amount*; return what it was expected to cost."""
+        expected = self.expected(amount)
+        if self._open[amount] <= 0:
+            # Not opened here (a caller settling what it never reserved): count it as given.
+            self._open.pop(amount, None)
+            self.total -= amount
+            return amount
+        self._open[amount] -= 1
+        self.total -= expected
+        if self._open[amount] == 0:
+            del self._open[amount]
+            self._expected.pop(amount, None)
+        return expected
+
+    def cost_more(self, amount: int, actual: int) -> None:
+        """One create reserved at *amount* cost *actual*: expect as much of the others."""
+        expected = self.expected(amount)
+        if actual > expected and self._open[amount] > 0:
+            self.total += (actual - expected) * self._open[amount]
+            self._expected[amount] = actual
+        elif self._open[amount] <= 0:
+            self._open.pop(amount, None)
 
 
 @attrs.frozen(kw_only=True)
@@ -35,16 +140,46 @@ class CreditUsage:
 
 
 class CreditLedger:
-    """The client's running totals and its optional budget (`max_credits`)."""
+    """The client's running totals, its prices and its optional budget (`max_credits`).
 
-    def __init__(self, budget: int | None) -> None:
+    Args:
+        budget: The client's budget, or None.
+        prices: Prices that replace or add to the documented ones (`MODEL_COSTS`).
+        shared_budget: A limiter holds a budget too: models need a known price even when
+            *budget* is None.
+    """
+
+    def __init__(
+        self,
+        budget: int | None,
+        *,
+        prices: Mapping[str, int] | None = None,
+        shared_budget: bool = False,
+    ) -> None:
         if budget is not None and budget < 0:
             raise ValueError("max_credits: must not be negative")
         self.budget = budget
         self.charged = 0
         self.refunded = 0
-        self.reserved = 0
+        self._open = OpenReservations()
+        self._prices: Mapping[str, int] = MappingProxyType(
+            {**DOCUMENTED_PRICES, **check_prices(prices)}
+        )
+        self._priced_only = budget is not None or shared_budget
+        self._given = frozenset(check_prices(prices))
         self._learned: dict[str, int] = {}
+        # Models whose given price a create in flight is checking, and the event it sets.
+        self._probes: dict[str, anyio.Event] = {}
+
+    @property
+    def reserved(self) -> int:
+        """What the creates in flight may still cost."""
+        return self._open.total
+
+    @property
+    def prices(self) -> Mapping[str, int]:
+        """The prices this ledger reserves at: the documented ones merged with the given ones."""
+        return self._prices
 
     def usage(self) -> CreditUsage:
         """Return the totals as a value."""
@@ -53,41 +188,90 @@ class CreditLedger:
         )
 
     def cost_of(self, model: str) -> int | None:
-        """Return what a create of *model* costs, if known (documented or learned)."""
-        return MODEL_COSTS.get(model, self._learned.get(model))
+        """Return what a create of *model* is reserved at, if known.
+
+        That is its price (documented or given), or the most an answer ever charged for it, if
+        that is more.
+        """
+        listed, learned = self._prices.get(model), self._learned.get(model)
+        if listed is None or learned is None:
+            return learned if listed is None else listed
+        return max(listed, learned)
 
     def reserve(self, model: str) -> int:
-        """Reserve a create's cost before it is sent; raise `BudgetExceededError` if it won't fit.
+        """Reserve a create's cost before it is sent; return the amount reserved.
 
-        An unknown model is reserved at the dearest known cost until its first answer tells.
+        Raises:
+            InvalidRequestError: A budget is set and *model* has no known price.
+            BudgetExceededError: The create won't fit the budget.
         """
         cost = self.cost_of(model)
         if cost is None:
-            cost = max([*MODEL_COSTS.values(), *self._learned.values()])
+            if self._priced_only:
+                raise InvalidRequestError(
+                    "model",
+                    f"{model!r} has no known price and a budget is set, so it could pass the "
+                    f"budget; {price_hint(model)}",
+                )
+            # No budget: the amount only feeds the totals, so the dearest known price will do.
+            cost = max([*self._prices.values(), *self._learned.values()])
         if self.budget is not None:
-            committed = self.charged - self.refunded + self.reserved
-            if committed + cost > self.budget:
-                raise BudgetExceededError(cost, committed, self.budget)
-        self.reserved += cost
+            committed = self.charged - self.refunded + self._open.total
+            if committed + self._open.expected(cost) > self.budget:
+                raise BudgetExceededError(self._open.expected(cost), committed, self.budget)
+        self._open.add(cost)
         return cost
+
+    def _unconfirmed(self, model: str) -> bool:
+        # A price the user gave is trusted for the budget only once an answer has confirmed it.
+        return self._priced_only and model in self._given and model not in self._learned
+
+    async def admit(self, model: str) -> Reservation:
+        """Reserve a create of *model* like `reserve`, first waiting while its price is checked.
+
+        With a budget, the first create of a model whose price was given (not yet confirmed by
+        an answer) runs alone: the others wait for its answer, so a wrong price costs at most one
+        create's difference instead of a whole window's.
+        """
+        while self._unconfirmed(model) and model in self._probes:
+            await self._probes[model].wait()
+        probe = self._unconfirmed(model)
+        reservation = Reservation(self.reserve(model), model, probe=probe)
+        if probe:
+            self._probes[model] = anyio.Event()
+        return reservation
+
+    def _closed(self, reserved: int) -> None:
+        if isinstance(reserved, Reservation) and reserved.probe:
+            event = self._probes.pop(reserved.model, None)
+            if event is not None:
+                event.set()
 
     def cancel(self, reserved: int) -> None:
         """Drop a reservation whose create definitely did not happen."""
-        self.reserved -= reserved
+        self._open.close(reserved)
+        self._closed(reserved)
 
     def charge(self, reserved: int, model: str, actual: int | None) -> int:
-        """Turn a reservation into a charge of *actual* (or the reserved amount if not told)."""
-        self.reserved -= reserved
-        cost = reserved if actual is None else actual
-        if actual is not None and model not in MODEL_COSTS:
-            self._learned[model] = actual
+        """Turn a reservation into a charge of *actual* (or the expected amount if not told).
+
+        An answer dearer than its reservation is charged in full, and the other creates in
+        flight at that amount are expected to cost as much.
+        """
+        expected = self._open.close(reserved)
+        cost = expected if actual is None else actual
+        if actual is not None:
+            if actual > self._learned.get(model, -1):
+                self._learned[model] = actual
+            self._open.cost_more(reserved, actual)
         self.charged += cost
+        self._closed(reserved)
         return cost
 
     def uncertain(self, reserved: int) -> None:
         """Count an uncertain create as charged: it may have been."""
-        self.reserved -= reserved
-        self.charged += reserved
+        self.charged += self._open.close(reserved)
+        self._closed(reserved)
 
     def refund(self, amount: int) -> None:
         """Record the refund of a failed task."""

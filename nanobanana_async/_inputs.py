@@ -6,11 +6,13 @@ import base64
 import binascii
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol, Union
 
 import attrs
 
+from ._catalogue import ASPECT_RATIOS, DOCUMENTED_PRICES, EXTRA_ASPECT_RATIOS, IMAGE_SIZES
 from ._errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -35,12 +37,9 @@ class RequestFields(Protocol):
     def images(self) -> tuple[ImageInput, ...]: ...
 
 
-#: Credits per create of the documented models; other model names are passed through.
-MODEL_COSTS: dict[str, int] = {"nano-banana-fast": 5, "nano-banana": 15, "nano-banana-pro": 20}
-IMAGE_SIZES = ("1K", "2K", "4K")
-ASPECT_RATIOS = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
-#: Ratios that only models newer than the documented three accept.
-EXTRA_ASPECT_RATIOS = ("1:4", "4:1", "1:8", "8:1")
+#: Credits per create of the documented models (read-only; `Client(prices=...)` adds or
+#: replaces prices). Other model names are passed through.
+MODEL_COSTS: Mapping[str, int] = DOCUMENTED_PRICES
 MAX_REFERENCES = 14
 MAX_REFERENCE_BYTES = 10 * 1024 * 1024
 

@@ -15,6 +15,7 @@ import anyio
 import attrs
 
 from ._config import RequestKind
+from ._credits import OpenReservations
 from ._errors import BudgetExceededError, InvalidRequestError
 
 
@@ -47,6 +48,10 @@ class BaseLimiter(abc.ABC):
     fail closed there (raise `LimiterUnavailableError`), but must never raise from `ready("poll")`,
     `renew`, `release` or `refund`, which run for tasks that are already paid for.
     """
+
+    #: The credit budget this limiter holds, or None. A client sends no model of unknown price
+    #: while a budget is set here (it could not tell what the create may cost).
+    max_credits: int | None = None
 
     @property
     def max_concurrency(self) -> int | None:
@@ -86,7 +91,11 @@ class BaseLimiter(abc.ABC):
         """Reserve *credits* for a create about to be sent; raise `BudgetExceededError` if over."""
 
     async def settle(self, reserved: int, charged: int) -> None:  # noqa: B027 - no budget
-        """Turn a reservation of *reserved* into a charge of *charged* (0: never sent)."""
+        """Turn a reservation of *reserved* into a charge of *charged* (0: never sent).
+
+        A *charged* above *reserved* must be counted in full, and should stop new grants until
+        the books balance (the other reservations of that amount may cost as much).
+        """
 
     async def refund(self, credits: int) -> None:  # noqa: B027 - no budget by default
         """Give back *credits* of a task that failed (the service refunded them)."""
@@ -126,8 +135,9 @@ class Limiter(BaseLimiter):
         self._paused_until = 0.0
         self._counter = itertools.count(1)
         self.max_credits = max_credits
-        #: Credits committed against the budget: reserved or charged, less refunds.
-        self.committed_credits = 0
+        # Credits charged less refunds, and the reservations not settled yet.
+        self._net = 0
+        self._open = OpenReservations()
         #: The most generations that were ever in flight at once.
         self.max_in_flight = 0
 
@@ -142,6 +152,11 @@ class Limiter(BaseLimiter):
     def max_concurrency(self) -> int | None:
         """Generations allowed in flight at once, or None for no limit."""
         return self._max_concurrency
+
+    @property
+    def committed_credits(self) -> int:
+        """Credits committed against the budget: charged less refunds, plus what is reserved."""
+        return self._net + self._open.total
 
     @property
     def in_flight(self) -> int:
@@ -198,17 +213,30 @@ class Limiter(BaseLimiter):
     async def reserve(self, credits: int) -> None:
         """Reserve *credits* against the budget; raise `BudgetExceededError` if they won't fit."""
         budget = self.max_credits
-        if budget is not None and self.committed_credits + credits > budget:
-            raise BudgetExceededError(credits, self.committed_credits, budget)
-        self.committed_credits += credits
+        expected = self._open.expected(credits)
+        if budget is not None and self.committed_credits + expected > budget:
+            raise BudgetExceededError(expected, self.committed_credits, budget)
+        self._open.add(credits)
 
     async def settle(self, reserved: int, charged: int) -> None:
-        """Turn a reservation of *reserved* into a charge of *charged* (0: never sent)."""
-        self.committed_credits += charged - reserved
+        """Turn a reservation of *reserved* into a charge of *charged* (0: never sent).
+
+        A charge above the reservation is counted in full, and the other reservations of that
+        amount are counted at the same cost until they settle: no new grant passes the budget.
+        """
+        expected = self._open.close(reserved)
+        if charged == reserved:
+            # Either the answer said so or it was lost (may have been charged): count the most
+            # that a create of this amount is known to cost.
+            self._net += expected
+            return
+        self._net += charged
+        if charged > reserved:
+            self._open.cost_more(reserved, charged)
 
     async def refund(self, credits: int) -> None:
         """Give back *credits* of a task that failed."""
-        self.committed_credits -= credits
+        self._net -= credits
 
 
 def check_limits(

@@ -7,44 +7,52 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal, Protocol, Union
+from typing import Any, Literal, NewType, Protocol, Union, cast
 
 import attrs
 
+from ._catalogue import IMAGE_SIZES
 from ._inputs import ImageInput, Reference, check_request, recheck_references
 
 __all__ = ["ImageInput"]  # re-exported for the package's own modules
 
-#: A model name: the documented ones, or any other the service accepts (the set is open).
-ModelName = Union[Literal["nano-banana-fast", "nano-banana", "nano-banana-pro"], str]
-#: An aspect ratio: `auto` or W:H (newer models accept more than the listed ones).
-AspectRatio = Union[
-    Literal[
-        "auto",
-        "1:1",
-        "2:3",
-        "3:2",
-        "3:4",
-        "4:3",
-        "4:5",
-        "5:4",
-        "9:16",
-        "16:9",
-        "21:9",
-        "1:4",
-        "4:1",
-        "1:8",
-        "8:1",
-    ],
-    str,
+#: A model the package knows, with its price (`MODEL_COSTS`); a misspelt name is a type error.
+KnownModel = Literal["nano-banana-fast", "nano-banana", "nano-banana-pro"]
+#: A model the package does not know yet (the set is open: docs/api.md), given on purpose:
+#: `nb.CustomModel("nano-banana-2")`. A plain `str` at run time; checked like any other name.
+CustomModel = NewType("CustomModel", str)
+CustomModel.__doc__ = """A model the package does not know yet, sent on purpose (`str` at run time).
+
+`model=nb.CustomModel("nano-banana-2")` type-checks where a misspelt literal does not. With a budget
+set, give its price too: `Client(prices={"nano-banana-2": 18})`.
+"""
+#: A model name: a known one, or a `CustomModel` (the typed escape hatch for the others).
+ModelName = Union[KnownModel, CustomModel]
+#: An aspect ratio: `auto` or W:H (the last four only for models newer than the documented ones).
+AspectRatio = Literal[
+    "auto",
+    "1:1",
+    "2:3",
+    "3:2",
+    "3:4",
+    "4:3",
+    "4:5",
+    "5:4",
+    "9:16",
+    "16:9",
+    "21:9",
+    "1:4",
+    "4:1",
+    "1:8",
+    "8:1",
 ]
-#: An output size: 1K, 2K or 4K (lower-case `1k` is accepted and normalised).
-ImageSize = Union[Literal["1K", "2K", "4K"], str]
+#: An output size: 1K, 2K or 4K (at run time, lower-case `1k` is accepted and normalised).
+ImageSize = Literal["1K", "2K", "4K"]
 
 #: The model used when none is named.
-DEFAULT_MODEL = "nano-banana"
-DEFAULT_ASPECT_RATIO = "auto"
-DEFAULT_IMAGE_SIZE = "1K"
+DEFAULT_MODEL: KnownModel = "nano-banana"
+DEFAULT_ASPECT_RATIO: AspectRatio = "auto"
+DEFAULT_IMAGE_SIZE: ImageSize = "1K"
 
 
 class TaskStatus(str, enum.Enum):
@@ -83,10 +91,10 @@ def _images_tuple(value: Iterable[ImageInput] | ImageInput | None) -> tuple[Imag
     return tuple(value)
 
 
-def _normal_size(value: object) -> Any:
-    # `1k` means 1K; anything else is left for the checker to name.
-    if isinstance(value, str) and value.upper() in ("1K", "2K", "4K"):
-        return value.upper()
+def _normal_size(value: ImageSize) -> ImageSize:
+    # `1k` means 1K (typed callers spell it 1K); anything else is left for the checker to name.
+    if isinstance(value, str) and value.upper() in IMAGE_SIZES:
+        return cast("ImageSize", value.upper())
     return value
 
 

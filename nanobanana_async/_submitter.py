@@ -138,7 +138,7 @@ class Submitter:
         raise ClientClosedError("the client closed before the create was sent")
 
     async def _claim(self, model: str) -> Claim:
-        reserved = self._credits.reserve(model)
+        reserved = await self._closable(lambda: self._credits.admit(model))
         claim = Claim(None, reserved)
         try:
             await self._closable(lambda: self._limiter.reserve(reserved))

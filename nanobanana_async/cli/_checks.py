@@ -10,19 +10,27 @@ import argparse
 import contextlib
 import difflib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from .. import MODEL_COSTS, Client, InvalidRequestError, PollPolicy, RedisLimiter
+from .. import (
+    MODEL_COSTS,
+    Client,
+    InvalidRequestError,
+    ModelName,
+    PollPolicy,
+    RedisLimiter,
+)
+from .._catalogue import REPORTED_MODELS
 from .._client import API_KEY_ENV, DEFAULT_MAX_CONCURRENCY
 from ..limiters import BaseLimiter
 
 #: Divides every poll delay (for emulators running faster than real time); also `--poll-speed`.
 POLL_SPEED_ENV = "NANOBANANA_POLL_SPEED"
-#: Model names the command sends without `--any-model`: the documented ones, then the ones
-#: third parties report (docs/api.md).
-KNOWN_MODELS = (*MODEL_COSTS, "nano-banana-2", "nano-banana-pro-vip")
+#: Model names the command sends as given: the documented ones, whose prices it knows. Any other
+#: needs its price (``--price NAME=CREDITS``), which keeps every budget checkable.
+KNOWN_MODELS = tuple(MODEL_COSTS)
 #: Image sizes, as the API spells them.
 IMAGE_SIZES = ("1K", "2K", "4K")
 #: The highest TCP port.
@@ -84,23 +92,51 @@ def image_size_arg(text: str) -> str:
     return size
 
 
-def check_model(name: str, *, any_model: bool) -> str:
-    """Return *name* if it is a known model (or *any_model* is set); raise otherwise.
+def price_arg(text: str) -> tuple[str, int]:
+    """An argparse type: ``MODEL=CREDITS``, the price of one create of a model."""
+    name, sep, credits = text.partition("=")
+    name = name.strip()
+    try:
+        value = int(credits)
+    except ValueError:
+        value = -1
+    if not sep or not name or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be MODEL=CREDITS, a whole number of credits (e.g. nano-banana-2=18): {text!r}"
+        )
+    return name, value
+
+
+def prices(args: argparse.Namespace) -> dict[str, int]:
+    """Return the prices the command knows: the documented ones merged with ``--price``."""
+    return {**MODEL_COSTS, **dict(getattr(args, "price", None) or ())}
+
+
+def check_model(
+    name: str, *, prices: Mapping[str, int] = MODEL_COSTS, any_model: bool = False
+) -> ModelName:
+    """Return *name* if its price is known (documented or given with ``--price``); raise otherwise.
 
     Names are not rewritten (not even their case): a batch journal keys its items by the request,
     and a rewritten name would make an item sent by an earlier version look new.
 
     Raises:
-        InvalidRequestError: *name* is not a known model and *any_model* is false.
+        InvalidRequestError: *name* has no known price.
     """
-    if any_model or name in KNOWN_MODELS:
-        return name
-    close = difflib.get_close_matches(name.strip().lower(), KNOWN_MODELS, n=1)
+    if name in prices:
+        # A name the user priced is the typed escape hatch's run-time twin: the API judges it.
+        return cast("ModelName", name)
+    close = difflib.get_close_matches(name.strip().lower(), list(prices), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
+    if name in REPORTED_MODELS:
+        what = f"model {name!r} is reported by third parties, but its price is not published."
+    else:
+        what = f"unknown model {name!r}{hint}"
+    old = " (--any-model alone is not enough: a model without a price could pass any budget)"
     raise InvalidRequestError(
         "model",
-        f"unknown model {name!r}{hint} Known: {', '.join(KNOWN_MODELS)} "
-        "(--any-model sends another name as given)",
+        f"{what} Known: {', '.join(prices)}. To send another model, give its price: "
+        f"--price {name}=CREDITS{old if any_model else ''}",
     )
 
 
@@ -198,6 +234,7 @@ async def open_client(
             max_concurrency=max_concurrency,
             poll=poll,
             limiter=limiter,
+            prices=dict(getattr(args, "price", None) or ()),
             **options,
         )
     except InvalidRequestError as exc:

@@ -22,10 +22,12 @@ from typing import Any
 import attrs
 
 from .. import (
-    MODEL_COSTS,
+    AspectRatio,
     Client,
     GenerationRequest,
+    ImageSize,
     InvalidRequestError,
+    ModelName,
     PollPolicy,
     RetryEvent,
     Task,
@@ -45,7 +47,7 @@ from .._journal import (
     lookup,
     scan_journal,
 )
-from ._checks import UsageError, check_file, check_folder, check_model, open_client
+from ._checks import UsageError, check_file, check_folder, check_model, open_client, prices
 from ._input import Defaults, input_format, read_input, scan
 from ._views import (
     EXIT_FAILED,
@@ -62,7 +64,7 @@ from ._views import (
 DEMO_SPEED = 20.0
 DEMO_DOWNSCALE = 4
 DEMO_OUT = "nanobanana-demo"
-DEMO_REQUESTS = (
+DEMO_REQUESTS: tuple[tuple[str, ModelName, AspectRatio, ImageSize], ...] = (
     ("a banana cat napping on a sunny windowsill", "nano-banana-fast", "1:1", "1K"),
     ("a lighthouse built from bananas at dusk, 35mm photo", "nano-banana", "16:9", "1K"),
     ("isometric banana city in pastel colours", "nano-banana-pro", "4:3", "1K"),
@@ -133,7 +135,14 @@ def batch_command(args: argparse.Namespace) -> Coroutine[Any, Any, int] | int:
     check_folder(out, "--out")
     check_file(journal, "--journal")
     total = scan(path, fmt)
-    defaults = Defaults(args.model, args.aspect_ratio, args.image_size, any_model=args.any_model)
+    check_model(args.model, prices=prices(args), any_model=args.any_model)  # one line, not N
+    defaults = Defaults(
+        args.model,
+        args.aspect_ratio,
+        args.image_size,
+        any_model=args.any_model,
+        prices=prices(args),
+    )
     plan = _BatchPlan(path, fmt, total, out, journal, defaults)
     if args.dry_run:
         return dry_run(args, plan)
@@ -196,7 +205,7 @@ def dry_run(args: argparse.Namespace, plan: _BatchPlan) -> int:
         )
         counts[decision] += 1
         if decision == "send":
-            cost = MODEL_COSTS.get(item.model)
+            cost = plan.defaults.prices.get(item.model)
             if cost is None:
                 unpriced.add(item.model)
             else:
@@ -418,7 +427,7 @@ def generate_command(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
     """Check the request and the destination, then generate one image."""
     request = GenerationRequest(
         prompt=args.prompt,
-        model=check_model(args.model, any_model=args.any_model),
+        model=check_model(args.model, prices=prices(args), any_model=args.any_model),
         aspect_ratio=args.aspect_ratio,
         image_size=args.image_size,
         images=args.image or [],

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import attrs
 
 from .._errors import InvalidRequestError
-from .._models import GenerationRequest
+from .._inputs import MODEL_COSTS
+from .._models import AspectRatio, GenerationRequest, ImageSize
 from ._checks import UsageError, check_model, normalise_image_size
 
 #: Fields of a JSONL object or CSV column names.
@@ -28,6 +29,8 @@ class Defaults:
     aspect_ratio: str
     image_size: str
     any_model: bool = False
+    #: Known prices (documented, then ``--price``): a line's model must have one.
+    prices: Mapping[str, int] = MODEL_COSTS
 
 
 def input_format(path: Path, given: str) -> str:
@@ -114,9 +117,12 @@ def _request(
     try:
         return GenerationRequest(
             prompt=prompt,
-            model=check_model(values["model"], any_model=defaults.any_model),
-            aspect_ratio=values["aspect_ratio"],
-            image_size=values["image_size"],
+            model=check_model(
+                values["model"], prices=defaults.prices, any_model=defaults.any_model
+            ),
+            # Text of a file: checked at run time, like any other value.
+            aspect_ratio=cast("AspectRatio", values["aspect_ratio"]),
+            image_size=cast("ImageSize", values["image_size"]),
             images=[_reference(item, base) for item in references],
         )
     except InvalidRequestError as exc:

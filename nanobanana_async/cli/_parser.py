@@ -28,6 +28,7 @@ from ._checks import (
     port_arg,
     positive_float,
     positive_int,
+    price_arg,
 )
 from ._commands import (
     DEMO_OUT,
@@ -88,12 +89,25 @@ def _options() -> Options:
     group.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"one of {', '.join(KNOWN_MODELS)} (default: %(default)s)",
+        help=(
+            f"one of {', '.join(KNOWN_MODELS)}, or another model given its --price "
+            "(default: %(default)s)"
+        ),
+    )
+    group.add_argument(
+        "--price",
+        type=price_arg,
+        action="append",
+        metavar="MODEL=CREDITS",
+        help=(
+            "the price of one create of MODEL: lets the command send a model it does not know "
+            "(e.g. --price nano-banana-2=18), or changes a known price; may be repeated"
+        ),
     )
     group.add_argument(
         "--any-model",
         action="store_true",
-        help="send a --model (or a model of the input) the command does not know, as given",
+        help="deprecated: an unknown model needs its --price",
     )
     group.add_argument(
         "--aspect-ratio", default=DEFAULT_ASPECT_RATIO, help="e.g. 16:9 (default: %(default)s)"

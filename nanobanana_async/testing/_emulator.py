@@ -28,7 +28,8 @@ import anyio
 import attrs
 from aiohttp import BodyPartReader, hdrs, web
 
-from ._controls import Gate, GateEndpoint, Hold, matcher
+# The shared list of models, prices and values: pure data, no client code.
+from .._catalogue import ASPECT_RATIOS, DOCUMENTED_PRICES, EXTRA_ASPECT_RATIOS, IMAGE_SIZES
 from ._faults import Fault, FaultInjector
 from ._png import png_size, render_png
 from ._state import EmulatedTask, Endpoint, Ledger, ProgressMode, RequestRecord
@@ -39,14 +40,13 @@ CREATE_PATH = "/api/v1/image/nano-banana"
 RESULT_PATH = "/api/v1/image/nano-banana/result"
 _FILE_ROUTE = "nanobanana-file"
 
-DOCUMENTED_MODELS: Mapping[str, int] = MappingProxyType(
-    {"nano-banana-fast": 5, "nano-banana": 15, "nano-banana-pro": 20}
-)
+#: The models the emulator knows by default, with their credits: the package's one list.
+DOCUMENTED_MODELS: Mapping[str, int] = DOCUMENTED_PRICES
 _MODES = ("text-to-image", "image-to-image")
-_IMAGE_SIZES = ("1K", "2K", "4K")
-_RATIOS = frozenset(("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"))
+_IMAGE_SIZES = IMAGE_SIZES
+_RATIOS = frozenset(ASPECT_RATIOS)
 # Only the newer, undocumented models accept these.
-_EXTENDED_RATIOS = frozenset(("1:4", "4:1", "1:8", "8:1"))
+_EXTENDED_RATIOS = frozenset(EXTRA_ASPECT_RATIOS)
 _RATIO_SYNTAX = re.compile(r"^[0-9]+:[0-9]+$")
 _MAX_REFERENCES = 14
 _MAX_FILE_BYTES = 10 * 1024 * 1024

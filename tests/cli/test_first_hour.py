@@ -141,12 +141,12 @@ async def test_a_misspelt_model_is_caught_locally_and_a_lower_case_size_is_norma
     assert (create["imageSize"], create["model"]) == ("1K", "nano-banana-fast")
 
 
-async def test_any_model_sends_an_unknown_model_as_given(tmp_path: Path) -> None:
-    """`--any-model` lets a model the command does not know reach the service (which judges it)."""
+async def test_a_priced_model_is_sent_as_given(tmp_path: Path) -> None:
+    """`--price` lets a model the command does not know reach the service (which judges it)."""
     async with Emulator(speed=1000, image_downscale=8) as emu:
         result = await run_cli(
-            "generate", "cat", "--model", "nano-banana-9", "--any-model", env=cli_env(emu),
-            cwd=tmp_path,
+            "generate", "cat", "--model", "nano-banana-9", "--price", "nano-banana-9=18",
+            env=cli_env(emu), cwd=tmp_path,
         )  # fmt: skip
         (create,) = [record.fields for record in emu.requests if record.endpoint == "create"]
     assert create is not None
