@@ -91,6 +91,14 @@ class BaseLimiter(abc.ABC):
     async def refund(self, credits: int) -> None:  # noqa: B027 - no budget by default
         """Give back *credits* of a task that failed (the service refunded them)."""
 
+    def settle_nowait(self, reserved: int, charged: int) -> bool:
+        """`settle` at once if that needs no I/O; return False if `settle()` must run.
+
+        The client calls this first, so that an in-process budget is exact the moment a create's
+        fate is known. The default (False) always defers to `settle`.
+        """
+        return False
+
 
 class Limiter(BaseLimiter):
     """The in-process limiter: share one between clients of the same key in one event loop.
@@ -205,6 +213,13 @@ class Limiter(BaseLimiter):
     async def settle(self, reserved: int, charged: int) -> None:
         """Turn a reservation of *reserved* into a charge of *charged* (0: never sent)."""
         self.committed_credits += charged - reserved
+
+    def settle_nowait(self, reserved: int, charged: int) -> bool:
+        """Settle at once (False when a subclass overrides `settle`, to call it)."""
+        if type(self).settle is not Limiter.settle:
+            return False
+        self.committed_credits += charged - reserved
+        return True
 
     async def refund(self, credits: int) -> None:
         """Give back *credits* of a task that failed."""
