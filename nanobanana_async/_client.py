@@ -17,6 +17,7 @@ import aiohttp
 import anyio
 import attrs
 
+from ._claim import uncertain_hold
 from ._config import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_MAX_REPLY_BYTES,
@@ -39,6 +40,7 @@ from ._errors import (
     TaskTimeoutError,
 )
 from ._fanout import Requests, fan_out
+from ._lifetime import TaskHost, run_to_end
 from ._limiter import BaseLimiter, Lease, Limiter
 from ._models import (
     DEFAULT_ASPECT_RATIO,
@@ -56,7 +58,7 @@ from ._models import (
 )
 from ._poller import DurationStats, PollScheduler, PollTimer
 from ._retry import Backoff
-from ._submitter import SubmitHooks, Submitter, run_to_end
+from ._submitter import SubmitHooks, Submitter, note_abandoned
 from ._task import Task, TaskState
 from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, REQUEST_ATTEMPT, Transport, logger
 from ._wire import RESULT_PATH, decode_answer, result_body, structure_snapshot
@@ -199,6 +201,8 @@ class Client:
         self._scheduler = PollScheduler(
             self._poll, concurrency=max_connections, on_crash=self._poll_crashed
         )
+        #: The client's one task group: polls, create attempts, held slots, limiter give-backs.
+        self._host = TaskHost("nanobanana", on_loop_end=self._close_on_loop)
         self._tasks: dict[str, TaskState] = {}
         self._retry_listeners: list[Callable[[RetryEvent], None]] = []
         self._submitter = Submitter(
@@ -210,6 +214,8 @@ class Client:
             track=self._track_created,
             notify=self._notify_retry,
             pause=self._limiter.pause,
+            host=self._host,
+            hold=self._uncertain_hold,
         )
         self._downloader = Downloader(
             lambda: self._transport.session,
@@ -223,7 +229,6 @@ class Client:
             ),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._keeper: asyncio.Task[None] | None = None
         self._closing: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -237,6 +242,7 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self._check()
+        await self._host.started()
         return self
 
     async def __aexit__(
@@ -260,38 +266,43 @@ class Client:
     async def aclose(self) -> None:
         """Stop polling, wake every waiter with `ClientClosedError`, free every slot and socket.
 
-        Runs to its end even if the caller is cancelled meanwhile; a second call waits for it.
+        When it returns, no task the client started is still running. Runs to its end even if
+        the caller is cancelled meanwhile; a second call waits for the first.
         """
         if self._closing is None:
             if self._closed:
-                return  # closed by the keeper as its event loop ended
+                return  # closed by its task host as its event loop ended
             self._closed = True
-            keeper, self._keeper = self._keeper, None
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
                 running = None
             if self._loop is not None and running is not self._loop:
-                # The loop this client ran on has ended (a later asyncio.run): its keeper closed
-                # the session as that loop shut down; nothing of that loop may be touched now.
+                # The loop this client ran on has ended (a later asyncio.run): its task host
+                # closed the session as that loop shut down; nothing of that loop may be touched.
                 return
-            self._closing = asyncio.ensure_future(self._close_all(keeper))
+            # Its own task: closing must finish even if the caller is cancelled meanwhile.
+            self._closing = asyncio.ensure_future(self._close_all())
         await run_to_end(self._closing)
 
-    async def _close_all(self, keeper: asyncio.Task[None] | None) -> None:
-        await self._close_on_loop()
-        if keeper is not None:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+    async def _close_all(self) -> None:
+        # Wake the waiting submits, end the tracked tasks (their slots go back through the
+        # group, which is still open), then cancel the group and wait for everything in it.
+        self._submitter.close()
+        self._end_all()
+        await self._host.aclose()
+        await self._transport.aclose()
 
-    async def _close_on_loop(self) -> None:
-        await self._scheduler.aclose()
-        await self._submitter.aclose()
+    def _end_all(self) -> None:
         tasks, self._tasks = self._tasks, {}
         for state in tasks.values():
             self._end(state, ClientClosedError(f"the client closed before task {state.id} ended"))
-        # Releases of a shared limiter started just now: let them finish.
-        await self._submitter.drain()
+
+    async def _close_on_loop(self) -> None:
+        # The event loop is ending with the client open: the group is being cancelled already.
+        self._closed = True
+        self._submitter.close()
+        self._end_all()
         await self._transport.aclose()
 
     @property
@@ -352,16 +363,6 @@ class Client:
         if scope.cancelled_caught:
             raise _GateTimeout
 
-    async def _keep(self) -> None:
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            if self._keeper is not None:  # not aclose(): the event loop is shutting down
-                self._closed = True
-                self._keeper = None
-                await self._close_on_loop()
-            raise
-
     def _check(self) -> None:
         try:
             loop = asyncio.get_running_loop()
@@ -378,9 +379,8 @@ class Client:
             raise ClientClosedError("the client is closed")
         if self._loop is None:
             self._loop = loop
-            # Closes the session if the loop ends with the client still open (asyncio.run
-            # cancels what is left): no unclosed session, and aclose() later is harmless.
-            self._keeper = loop.create_task(self._keep(), name="nanobanana-keeper")
+            self._host.open(loop)
+            self._host.start_soon(self._scheduler.run, name="nanobanana-poller")
 
     # --- submitting ------------------------------------------------------------------------------
 
@@ -431,11 +431,28 @@ class Client:
         images: ImageInput | list[ImageInput] | tuple[ImageInput, ...] | None = None,
         timeout: float | None = None,
     ) -> TaskResult:
-        """Submit a generation and wait for its result (`submit` then `Task.wait`)."""
+        """Submit a generation and wait for its result (`submit` then `Task.wait`).
+
+        Cancelled after the create was answered, it logs the task id at WARNING and puts it in
+        the `CancelledError`'s message: the task is paid for and stays tracked
+        (`client.task(id)` attaches to it again).
+        """
         task = await self.submit(
             prompt, model=model, aspect_ratio=aspect_ratio, image_size=image_size, images=images
         )
-        return await task.wait(timeout)
+        try:
+            return await task.wait(timeout)
+        except asyncio.CancelledError as exc:
+            note_abandoned(exc, task.id, "generate()")
+            raise
+
+    def _uncertain_hold(self, request: GenerationRequest) -> float:
+        return uncertain_hold(
+            request.model,
+            request.image_size,
+            speed=self._poll_policy.speed,
+            deadline=self._timeouts.task,
+        )
 
     def _track_created(
         self, snapshot: TaskSnapshot, request: GenerationRequest, lease: Lease, charged: int
@@ -574,7 +591,7 @@ class Client:
             if snapshot.status is TaskStatus.FAILED and state.charged:
                 # The service refunds failed tasks (only what this client paid counts here).
                 self._credits.refund(state.charged)
-                self._submitter.spawn(self._limiter.refund(state.charged))
+                self._host.start_settle(self._limiter.refund, state.charged)
             if snapshot.status is TaskStatus.SUCCEEDED and state.model is not None:
                 self._timer.finished(state, now)
             self._end(state)
@@ -592,7 +609,7 @@ class Client:
     def _release(self, state: TaskState) -> None:
         lease, state.lease = state.lease, None
         if lease is not None and not self._limiter.release_nowait(lease):
-            self._submitter.spawn(self._limiter.release(lease))
+            self._host.start_settle(self._limiter.release, lease)
 
     def _end(self, state: TaskState, error: BaseException | None = None) -> None:
         self._tasks.pop(state.id, None)

@@ -20,6 +20,8 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 DEFAULT_DOWNLOAD_TIMEOUT = 300.0
 #: Seconds a task may take from submit to a terminal status before it times out.
 DEFAULT_TASK_TIMEOUT = 600.0
+#: Creates reuse connections idle for less than this (below gunicorn's 2 s idle timeout).
+DEFAULT_CREATE_KEEPALIVE = 1.0
 
 #: How many times one request is tried in all (the first try included).
 #: Ten tries ride out about two minutes of outage at the default backoffs (0.5 s doubling to 30 s).
@@ -65,17 +67,19 @@ class Timeouts:
 
     Time spent queued in the client's own limiter is never charged to these.
 
-    `create_keepalive` is how long an idle connection may still carry a create: 0 (the default)
-    gives every create a fresh connection, so a server closing idle connections can never turn a
-    create into a `SubmitUncertainError`; a value below the server's idle timeout (most keep
-    connections 5 s or more) saves a TCP connect per create under load.
+    `create_keepalive` is how long an idle connection may still carry a create (1 s by default:
+    below the shortest common server idle timeout, gunicorn's 2 s, and never past a
+    `Keep-Alive: timeout=` the server announces). A create sent on a connection the server has
+    just closed is a false `SubmitUncertainError`; reusing only briefly idle connections avoids
+    that race while saving a connect (and a TLS handshake) per create under load. 0 is the
+    strict mode: a fresh connection for every create.
     """
 
     connect: float | None = DEFAULT_CONNECT_TIMEOUT
     request: float | None = DEFAULT_REQUEST_TIMEOUT
     download: float | None = DEFAULT_DOWNLOAD_TIMEOUT
     task: float | None = DEFAULT_TASK_TIMEOUT
-    create_keepalive: float = 0.0
+    create_keepalive: float = DEFAULT_CREATE_KEEPALIVE
 
     def __attrs_post_init__(self) -> None:
         for name in ("connect", "request", "download", "task"):

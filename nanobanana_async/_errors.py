@@ -17,6 +17,7 @@ NanoBananaError
 │   ├── PermissionDeniedError 403   ├── NotFoundError 404
 │   ├── RateLimitError 429 (.retry_after)   └── ServerError 5xx
 └── TaskError (.task_id)
+    ├── SubmitHookError (.task)              an on_created hook failed; the task is tracked
     ├── TaskFailedError (.snapshot, .failure_reason)
     └── TaskTimeoutError (also TimeoutError)
 ```
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._models import GenerationRequest, TaskSnapshot
+    from ._task import Task
 
 #: How much of an unreadable or error body an exception carries.
 EXCERPT_LIMIT = 300
@@ -231,6 +233,22 @@ class TaskError(NanoBananaError):
     def __init__(self, message: str, *, task_id: str) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class SubmitHookError(TaskError):
+    """Raised when a submit's `on_created` hook fails after its task was created.
+
+    The task is paid for and still tracked: `task_id` names it, `task` is its handle (await it,
+    or attach to it later with `Client.task(task_id)`), and the hook's error is the cause.
+    """
+
+    def __init__(self, task: Task, cause: BaseException) -> None:
+        super().__init__(
+            f"task {task.id} was created (and is tracked), but the on_created hook failed: "
+            f"{type(cause).__name__}: {cause}",
+            task_id=task.id,
+        )
+        self.task = task
 
 
 class TaskFailedError(TaskError):

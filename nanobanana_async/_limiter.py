@@ -100,6 +100,14 @@ class BaseLimiter(abc.ABC):
     async def refund(self, credits: int) -> None:  # noqa: B027 - no budget by default
         """Give back *credits* of a task that failed (the service refunded them)."""
 
+    def settle_nowait(self, reserved: int, charged: int) -> bool:
+        """`settle` at once if that needs no I/O; return False if `settle()` must run.
+
+        The client calls this first, so that an in-process budget is exact the moment a create's
+        fate is known. The default (False) always defers to `settle`.
+        """
+        return False
+
 
 class Limiter(BaseLimiter):
     """The in-process limiter: share one between clients of the same key in one event loop.
@@ -224,6 +232,9 @@ class Limiter(BaseLimiter):
         A charge above the reservation is counted in full, and the other reservations of that
         amount are counted at the same cost until they settle: no new grant passes the budget.
         """
+        self._settle(reserved, charged)
+
+    def _settle(self, reserved: int, charged: int) -> None:
         expected = self._open.close(reserved)
         if charged == reserved:
             # Either the answer said so or it was lost (may have been charged): count the most
@@ -233,6 +244,13 @@ class Limiter(BaseLimiter):
         self._net += charged
         if charged > reserved:
             self._open.cost_more(reserved, charged)
+
+    def settle_nowait(self, reserved: int, charged: int) -> bool:
+        """Settle at once (False when a subclass overrides `settle`, to call it)."""
+        if type(self).settle is not Limiter.settle:
+            return False
+        self._settle(reserved, charged)
+        return True
 
     async def refund(self, credits: int) -> None:
         """Give back *credits* of a task that failed."""

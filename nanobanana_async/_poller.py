@@ -11,6 +11,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import anyio
+from anyio.abc import TaskGroup
+
 from ._config import PollPolicy
 
 if TYPE_CHECKING:
@@ -266,7 +269,9 @@ class PollScheduler:
     """Polls every tracked task when it comes due, a bounded number at once, in due order.
 
     One heap of `(due, seq, state, generation)`; a stale entry (the task was rescheduled or ended)
-    is skipped when it surfaces. A single timer wakes the runner for the earliest due time.
+    is skipped when it surfaces. A single timer wakes the runner for the earliest due time. The
+    owner runs `run()` in its task group; the polls run in a task group of the runner's own, so
+    cancelling the runner ends every poll in flight too.
     """
 
     def __init__(
@@ -283,28 +288,34 @@ class PollScheduler:
         self._wakeup = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = float("inf")
-        self._runner: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
 
     def schedule(self, state: TaskState, due: float) -> None:
         """Poll *state* at loop time *due* (replacing any earlier plan for it)."""
         state.poll_generation += 1
         heapq.heappush(self._heap, (due, next(self._seq), state, state.poll_generation))
-        if self._runner is None:
-            self._loop = asyncio.get_running_loop()
-            self._runner = self._loop.create_task(self._run(), name="nanobanana-poller")
-        elif due < self._timer_due:
+        if self._running and due < self._timer_due:
             self._arm(due)
 
     def _arm(self, due: float) -> None:
-        assert self._loop is not None
         if self._timer is not None:
             self._timer.cancel()
         self._timer_due = due
-        self._timer = self._loop.call_at(due, self._wakeup.set)
+        self._timer = asyncio.get_running_loop().call_at(due, self._wakeup.set)
 
-    async def _run(self) -> None:
+    async def run(self) -> None:
+        """Poll tasks as they come due, until cancelled."""
+        self._running = True
+        try:
+            async with anyio.create_task_group() as polls:
+                await self._dispatch(polls)
+        finally:
+            self._running = False
+            if self._timer is not None:
+                self._timer.cancel()
+            self._heap.clear()
+
+    async def _dispatch(self, polls: TaskGroup) -> None:
         loop = asyncio.get_running_loop()
         heap = self._heap
         while True:
@@ -329,30 +340,14 @@ class PollScheduler:
             if generation != state.poll_generation or state.done:
                 self._slots.release()
                 continue
-            task = loop.create_task(self._one(state))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            polls.start_soon(self._one, state)
 
     async def _one(self, state: TaskState) -> None:
         try:
             await self._poll(state)
-        except asyncio.CancelledError:
+        except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:
             self._on_crash(state, exc)
         finally:
             self._slots.release()
-
-    async def aclose(self) -> None:
-        """Stop polling: cancel the runner and every poll in flight, and wait for them."""
-        if self._timer is not None:
-            self._timer.cancel()
-        pending = list(self._inflight)
-        if self._runner is not None:
-            pending.append(self._runner)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        self._heap.clear()
-        self._runner = None

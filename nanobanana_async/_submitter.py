@@ -15,15 +15,15 @@ attempts, and the classification of each failure:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import attrs
 
+from ._claim import Claim
 from ._config import RetryPolicy
 from ._credits import CreditLedger
 from ._errors import (
@@ -34,15 +34,17 @@ from ._errors import (
     RateLimitError,
     ServerError,
     SubmitAbandonedError,
+    SubmitHookError,
     SubmitUncertainError,
     TransportError,
 )
 from ._inputs import Reference
+from ._lifetime import TaskHost
 from ._limiter import BaseLimiter, Lease
 from ._models import GenerationRequest, TaskSnapshot
 from ._retry import Backoff
 from ._task import Task
-from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, NOT_SENT_ERRORS, Transport, logger
+from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, Transport, logger
 from ._wire import CREATE_PATH, create_form, decode_answer, structure_snapshot
 
 T = TypeVar("T")
@@ -67,15 +69,6 @@ class SubmitHooks:
     on_created: Callable[[Task], Awaitable[None]] | None = None
 
 
-@attrs.define
-class Claim:
-    """What a create holds before it is answered: a slot and a reservation of its cost."""
-
-    lease: Lease | None
-    reserved: int
-    settled: bool = False
-
-
 class NotSent:
     """An attempt whose body provably never reached the server, and that may be tried again."""
 
@@ -89,6 +82,52 @@ class NotSent:
 TrackFn = Callable[[TaskSnapshot, GenerationRequest, Lease, int], Task]
 #: Announce a retry: (endpoint, attempt, wait, cause, task id).
 NotifyFn = Callable[[str, int, float, BaseException, "str | None"], None]
+#: Seconds an uncertain create of this request keeps its slot (see `uncertain_hold`).
+HoldFn = Callable[[GenerationRequest], float]
+
+
+class _Abandoned(Exception):
+    """The submitting coroutine left before the create's first byte: write nothing."""
+
+
+class _Attempt:
+    """One try of a create, run in the client's task group, and what its caller waits for."""
+
+    __slots__ = ("abandoned", "claim", "done", "error", "orphaned", "outcome", "scope")
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.done = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
+        self.outcome: Task | NotSent | None = None
+        self.error: BaseException | None = None
+        #: The caller left before anything was written: the attempt must write nothing.
+        self.abandoned = False
+        #: The caller left while the create was on the wire: nobody hears of its outcome.
+        self.orphaned = False
+
+    def leave(self) -> None:
+        """The caller is leaving (cancelled): stop the attempt if nothing was written yet."""
+        if self.claim.owner == "submit":
+            self.abandoned = True
+            if self.scope is not None:
+                self.scope.cancel()
+        else:
+            self.orphaned = True
+
+    def on_write(self) -> None:
+        """Called right before the first request byte is written: the attempt takes the claim."""
+        if self.abandoned:
+            raise _Abandoned
+        claim = self.claim
+        if not claim.hand_over("submit", "attempt") and claim.owner != "attempt":
+            raise _Abandoned  # the claim was released meanwhile: nothing may leave for it
+
+    def result(self) -> Task | NotSent:
+        if self.error is not None:
+            raise self.error
+        assert self.outcome is not None
+        return self.outcome
 
 
 class Submitter:
@@ -105,6 +144,8 @@ class Submitter:
         track: TrackFn,
         notify: NotifyFn,
         pause: Callable[[float], Awaitable[None]],
+        host: TaskHost,
+        hold: HoldFn,
     ) -> None:
         self._transport = transport
         self._limiter = limiter
@@ -114,13 +155,11 @@ class Submitter:
         self._track = track
         self._notify = notify
         self._pause = pause
+        self._host = host
+        self._hold = hold
         self._resend_statuses = frozenset({429, 503} if retry.resend_on_503 else {429})
-        #: Waits of submits (budget, slot, backoff) that closing must wake at once.
+        #: Waits of submits (budget, slot, backoff, an attempt) that closing must wake at once.
         self._waits: set[anyio.CancelScope] = set()
-        #: Create attempts running, with whether their body may have left.
-        self._attempts: dict[asyncio.Task[Any], list[bool]] = {}
-        #: Slot and budget give-backs started from synchronous code, awaited by `aclose`.
-        self._background: set[asyncio.Task[Any]] = set()
         self.closed = False
 
     # --- the claim ------------------------------------------------------------------------------
@@ -139,55 +178,25 @@ class Submitter:
 
     async def _claim(self, model: str) -> Claim:
         reserved = await self._closable(lambda: self._credits.admit(model))
-        claim = Claim(None, reserved)
         try:
             await self._closable(lambda: self._limiter.reserve(reserved))
         except BaseException:
             self._credits.cancel(reserved)
             raise
+        claim = Claim(
+            reserved=reserved,
+            ledger=self._credits,
+            limiter=self._limiter,
+            settle_later=self._host.start_settle,
+            spawn=self._host.start_soon,
+        )
         try:
+            # Assigned in the step acquire() returns in: no cancellation can fall in between.
             claim.lease = await self._closable(self._limiter.acquire)
         except BaseException:
-            await self.settle(claim, None)
+            claim.release("submit", charged=None)
             raise
         return claim
-
-    async def settle(self, claim: Claim, charged: int | None) -> None:
-        """Settle a claim no task took over: *charged* credits were spent (None: never sent).
-
-        Runs to its end even if the caller is cancelled meanwhile, and never raises: an error of
-        the limiter is logged, so that it can never replace the error that explains the create.
-        """
-        if claim.settled:
-            return
-        claim.settled = True
-        if charged is None:
-            self._credits.cancel(claim.reserved)
-        else:
-            self._credits.uncertain(claim.reserved)
-        await run_to_end(self._give_back(claim, charged or 0))
-
-    async def _give_back(self, claim: Claim, charged: int) -> None:
-        try:
-            await self._limiter.settle(claim.reserved, charged)
-        except Exception:
-            logger.exception("the limiter failed to settle a create (%d credits)", charged)
-        if claim.lease is not None:
-            try:
-                await self._limiter.release(claim.lease)
-            except Exception:
-                logger.exception("the limiter failed to release a slot")
-
-    def settle_soon(self, claim: Claim, charged: int | None) -> None:
-        """`settle` from synchronous code (a done-callback); `aclose` awaits it."""
-        self.spawn(self.settle(claim, charged))
-
-    def spawn(self, work: Awaitable[Any]) -> None:
-        """Run limiter bookkeeping in the background; `aclose` waits for it."""
-        job = asyncio.ensure_future(work)
-        self._background.add(job)
-        job.add_done_callback(self._background.discard)
-        job.add_done_callback(_log_failure)
 
     # --- submitting -----------------------------------------------------------------------------
 
@@ -195,39 +204,12 @@ class Submitter:
         """Create a task for *request*; see `Client.submit` for what is raised."""
         references = request.wire_references()
         claim = await self._claim(request.model)
-        owned = True  # until an attempt takes the claim over
         try:
             backoff: Backoff | None = None
             while True:
-                flags = [False]  # [sent]: set the moment the body may leave
-                job = asyncio.get_running_loop().create_task(
-                    self._attempt(request, references, claim, hooks, flags)
-                )
-                self._attempts[job] = flags
-                job.add_done_callback(self._attempts_done)
-                owned = False
-                try:
-                    outcome = await asyncio.shield(job)
-                except asyncio.CancelledError:
-                    if job.cancelled() and self.closed:
-                        # Not our caller's cancellation: aclose() stopped the attempt.
-                        if flags[0]:
-                            raise SubmitUncertainError(
-                                request, ClientClosedError("the client closed during the create")
-                            ) from None
-                        raise ClientClosedError(
-                            "the client closed before the create was sent"
-                        ) from None
-                    # A "not sent, try again" outcome is nobody's once we leave: give it back.
-                    job.add_done_callback(self._reclaim_after_abandon(claim))
-                    if not flags[0]:
-                        # Nothing left yet: stop the attempt too (it settles the claim unsent).
-                        job.cancel()
-                        await run_to_end(asyncio.gather(job, return_exceptions=True))
-                    raise
+                outcome = await self._try(request, references, claim, hooks)
                 if isinstance(outcome, Task):
                     return outcome
-                owned = True
                 if backoff is None:
                     backoff = Backoff(self._retry, self._rng)
                 wait = backoff.next_wait(outcome.error)
@@ -245,53 +227,78 @@ class Submitter:
                 if wait > 0:
                     await self._closable(lambda: anyio.sleep(wait))  # noqa: B023 - awaited here
         finally:
-            if owned:
-                await self.settle(claim, None)
+            # A no-op unless the claim is still ours (nothing was written, or it came back).
+            claim.release("submit", charged=None)
 
-    async def _settle_created(self, reserved: int, cost: int, task_id: str) -> None:
-        try:
-            await self._limiter.settle(reserved, cost)
-        except Exception:
-            logger.exception("the limiter failed to settle the create of task %s", task_id)
-
-    def _attempts_done(self, job: asyncio.Task[Any]) -> None:
-        self._attempts.pop(job, None)
-
-    def _reclaim_after_abandon(self, claim: Claim) -> Callable[[asyncio.Task[Any]], None]:
-        def reclaim(job: asyncio.Task[Any]) -> None:
-            # The caller left mid-attempt. A "not sent, try again" outcome is owned by nobody
-            # now: give it back. A created task owns the claim; a raising attempt settled it.
-            if (
-                not job.cancelled()
-                and job.exception() is None
-                and isinstance(job.result(), NotSent)
-            ):
-                self.settle_soon(claim, None)
-
-        return reclaim
-
-    async def _attempt(
+    async def _try(
         self,
         request: GenerationRequest,
         references: list[Reference],
         claim: Claim,
         hooks: SubmitHooks | None,
-        flags: list[bool],
     ) -> Task | NotSent:
-        """Send one create; from here the attempt owns the claim until it returns `NotSent`."""
+        """Run one attempt in the client's task group and wait for it.
+
+        The attempt runs apart from the caller so that cancelling the caller cannot cut a create
+        that is on the wire (its task would be paid for and lost): a caller that leaves before the
+        first byte stops the attempt; one that leaves later lets it finish, and the created task
+        stays tracked (its id is logged, and the `on_created` hook still runs).
+        """
+        attempt = _Attempt(claim)
+        if not self._host.start_soon(
+            self._run_attempt, request, references, hooks, attempt, name="nanobanana-create"
+        ):
+            raise ClientClosedError("the client closed before the create was sent")
         try:
-            return await self._send(request, references, claim, hooks, flags)
-        except SubmitUncertainError:
-            await self.settle(claim, claim.reserved)
+            await self._closable(attempt.done.wait)
+        except ClientClosedError:
+            if attempt.done.is_set():
+                return attempt.result()
+            # Closing cancels the attempt with the task group; what it had done decides.
+            if claim.owner == "submit":
+                raise
+            raise SubmitUncertainError(
+                request, ClientClosedError("the client closed during the create")
+            ) from None
+        except BaseException as exc:
+            attempt.leave()
+            if isinstance(attempt.outcome, Task):
+                # Created, and the answer was already here: say which task the caller leaves.
+                note_abandoned(exc, attempt.outcome.id, "submit()")
             raise
-        except asyncio.CancelledError:
-            # aclose() (or the caller, before anything left) stopped the attempt.
-            await self.settle(claim, claim.reserved if flags[0] else None)
-            raise
-        except BaseException:
-            # Refused by the API, vetoed, closed, or a gate that failed: nothing was charged.
-            await self.settle(claim, None)
-            raise
+        return attempt.result()
+
+    async def _run_attempt(
+        self,
+        request: GenerationRequest,
+        references: list[Reference],
+        hooks: SubmitHooks | None,
+        attempt: _Attempt,
+    ) -> None:
+        claim = attempt.claim
+        try:
+            with anyio.CancelScope() as scope:
+                attempt.scope = scope
+                if attempt.abandoned:
+                    return
+                attempt.outcome = await self._send(request, references, claim, hooks, attempt)
+        except BaseException as exc:
+            error = exc
+            if claim.owner == "attempt":
+                # Bytes may have left and the answer is lost: maybe charged, maybe running.
+                claim.hold("attempt", seconds=self._hold(request), charged=claim.reserved)
+                if not isinstance(exc, SubmitUncertainError):
+                    error = SubmitUncertainError(request, exc)
+                logger.warning("%s", error)
+            attempt.error = error
+            if not isinstance(exc, Exception):
+                raise  # a cancellation (the client is closing) goes on up
+        finally:
+            if attempt.orphaned:
+                # The caller left while the create was on the wire; if the claim came back to
+                # it (a refusal, a 429), nobody is there to release it but us.
+                claim.release("submit", charged=None)
+            attempt.done.set()
 
     async def _send(
         self,
@@ -299,7 +306,7 @@ class Submitter:
         references: list[Reference],
         claim: Claim,
         hooks: SubmitHooks | None,
-        flags: list[bool],
+        attempt: _Attempt,
     ) -> Task | NotSent:
         try:
             form, opened = create_form(request, references)
@@ -313,9 +320,6 @@ class Submitter:
             if hook is not None and await hook(request) is False:
                 raise SubmitAbandonedError(request, "vetoed by the before_send hook")
 
-        def mark_sent() -> None:
-            flags[0] = True
-
         transport = self._transport
         try:
             try:
@@ -325,15 +329,14 @@ class Submitter:
                     task_id=None,
                     kind="create",
                     before_send=before_send,
-                    on_send=mark_sent,
+                    on_write=attempt.on_write,
                 )
             except HOPELESS_ERRORS as exc:
                 raise transport.network_error(exc, "create") from exc
-            except NOT_SENT_ERRORS as exc:
-                return NotSent(transport.network_error(exc, "create"))
             except NETWORK_ERRORS as exc:
-                if not flags[0]:
-                    raise  # a hook's or a gate's own error: nothing left
+                if claim.owner != "attempt":
+                    # Nothing was written: the connection failed to open (or to take the request).
+                    return NotSent(transport.network_error(exc, "create"))
                 raise SubmitUncertainError(request, transport.network_error(exc, "create")) from exc
         finally:
             for stream in opened:
@@ -343,65 +346,52 @@ class Submitter:
             snapshot = structure_snapshot(data, body=body)
         except APIStatusError as exc:
             if status in self._resend_statuses and isinstance(exc, (RateLimitError, ServerError)):
+                claim.hand_over("attempt", "submit")  # refused before any processing
                 return NotSent(exc)
             if isinstance(exc, ServerError):
                 # A 5xx may come from behind the point where the service charges.
                 raise SubmitUncertainError(request, exc) from exc
+            claim.hand_over("attempt", "submit")  # refused: nothing was charged
             raise
         except ProtocolError as exc:
             if 200 <= status < 300:
                 raise SubmitUncertainError(request, exc) from exc
+            claim.hand_over("attempt", "submit")
             raise
         cost = self._credits.charge(claim.reserved, request.model, snapshot.credits_cost)
-        claim.settled = True
-        lease = claim.lease
-        assert lease is not None  # a claim always holds a lease once acquired
+        lease = claim.to_task("attempt", cost)
         task = self._track(snapshot, request, lease, cost)
-        # The task exists and is paid for: a limiter's bookkeeping must not lose it.
-        await run_to_end(self._settle_created(claim.reserved, cost, task.id))
+        if attempt.orphaned:
+            logger.warning(
+                "task %s was created after its submit was cancelled; it is tracked: "
+                "attach with client.task(%r) or `nanobanana wait %s`",
+                task.id,
+                task.id,
+                task.id,
+            )
         if hooks is not None and hooks.on_created is not None:
-            await hooks.on_created(task)
+            try:
+                await hooks.on_created(task)
+            except Exception as exc:
+                raise SubmitHookError(task, exc) from exc
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("created task %s (%s, %d credits)", task.id, request.model, cost)
         return task
 
     # --- closing --------------------------------------------------------------------------------
 
-    async def aclose(self) -> None:
-        """Wake every waiting submit, stop every attempt, and finish limiter bookkeeping."""
+    def close(self) -> None:
+        """Refuse new creates and wake every waiting submit (their attempts end with the group)."""
         self.closed = True
         for scope in list(self._waits):
             scope.cancel()
-        attempts = list(self._attempts)
-        for job in attempts:
-            job.cancel()
-        if attempts:
-            await asyncio.gather(*attempts, return_exceptions=True)
-        await self.drain()
-
-    async def drain(self) -> None:
-        """Wait for background limiter bookkeeping to finish."""
-        while self._background:
-            await asyncio.gather(*list(self._background), return_exceptions=True)
 
 
-async def run_to_end(work: Awaitable[T]) -> T:
-    """Await *work* to its end even if the caller is cancelled meanwhile; then re-raise that.
-
-    (An anyio shield does not stop a plain `Task.cancel()` on asyncio; this does.)
-    """
-    job = asyncio.ensure_future(work)
-    interrupted = False
-    while not job.done():
-        try:
-            await asyncio.wait((job,))
-        except asyncio.CancelledError:
-            interrupted = True
-    if interrupted:
-        raise asyncio.CancelledError
-    return job.result()
-
-
-def _log_failure(job: asyncio.Task[Any]) -> None:
-    if not job.cancelled() and (exc := job.exception()) is not None:
-        logger.error("a limiter call failed in the background", exc_info=exc)
+def note_abandoned(exc: BaseException, task_id: str, what: str) -> None:
+    """Log at WARNING, and add to *exc*'s message, the id of a paid task its caller left."""
+    note = (
+        f"{what} was cancelled after task {task_id} was created; it is paid for and still "
+        f"tracked: client.task({task_id!r}) or `nanobanana wait {task_id}` recovers it"
+    )
+    logger.warning("%s", note)
+    exc.args = (*exc.args, note)

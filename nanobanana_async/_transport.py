@@ -11,6 +11,7 @@ import ssl as ssl_module
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -161,6 +162,33 @@ def key_hints(key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hints))
 
 
+#: Seconds a server's announced keep-alive timeout must exceed our reuse window by.
+KEEPALIVE_MARGIN = 0.5
+_KEEPALIVE_TIMEOUT = re.compile(r"(?i)(?:^|[,;\s])timeout\s*=\s*([0-9]+(?:\.[0-9]+)?)")
+
+
+def keep_alive_timeout(header: str) -> float | None:
+    """Return the `timeout=` seconds of a `Keep-Alive` header, or None if it names none."""
+    match = _KEEPALIVE_TIMEOUT.search(header[:200])
+    return float(match.group(1)) if match else None
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    # Called by aiohttp right before a request's first bytes are written to an open connection.
+    on_write = context.trace_request_ctx
+    if on_write is not None:
+        on_write()
+
+
+_WRITE_TRACE = aiohttp.TraceConfig()
+_WRITE_TRACE.on_request_headers_sent.append(_on_headers_sent)
+_WRITE_TRACE.freeze()
+
+
 def describe(exc: BaseException) -> str:
     """Return a short text for a network failure (aiohttp's texts can be empty)."""
     text = str(exc)
@@ -280,13 +308,17 @@ class Transport:
 
     @property
     def create_session(self) -> aiohttp.ClientSession:
-        """The session of creates: each create on a fresh connection, closed after its answer.
+        """The session of creates: connections reused only while idle for a short time.
 
-        A pooled keep-alive connection may have just been closed by the server (many close idle
-        connections after a few seconds, some right after each answer): a create sent on it is
-        lost with no way to tell whether it arrived, a false `SubmitUncertainError`. A fresh
-        connection that fails to open proves the create never left. Polls, safe to repeat, keep
-        using the pool. A session given by the caller is used as it is.
+        A pooled keep-alive connection may have just been closed by the server (servers close
+        idle connections after 2 s (gunicorn), 5 s (uvicorn, Node) or more): a create sent on it
+        is lost with no way to tell whether it arrived, a false `SubmitUncertainError`. So creates
+        reuse only connections idle for less than `Timeouts.create_keepalive` (1 s by default,
+        below the shortest common server timeout, and below any `Keep-Alive: timeout=` the server
+        announces), and take a fresh connection otherwise (`create_keepalive=0`: always). A create
+        counts as sent only once its first bytes are written (see `post`), so a connection that
+        fails to open or to take the request proves nothing left. A session given by the caller
+        is used as it is.
         """
         if not self._owns_session:
             return self.session
@@ -294,7 +326,6 @@ class Transport:
             if self._closed:
                 raise ClientClosedError("the client is closed")
             reuse = self.timeouts.create_keepalive
-            # Fresh connections by default; with create_keepalive, only connections idle for less.
             ssl = self._ssl if self._ssl is not None else True
             connector = (
                 aiohttp.TCPConnector(
@@ -309,6 +340,7 @@ class Transport:
                 connector=connector,
                 trust_env=False,
                 proxy=self._proxy if self._proxy is not None else env_proxy(self.base_url),
+                trace_configs=[_WRITE_TRACE],
             )
         return self._create_session
 
@@ -395,18 +427,19 @@ class Transport:
         task_id: str | None,
         kind: RequestKind,
         before_send: Callable[[], Awaitable[None]] | None = None,
-        on_send: Callable[[], None] | None = None,
+        on_write: Callable[[], None] | None = None,
     ) -> tuple[int, bytes, str | None]:
         """POST to an API path; return status, body and the Retry-After header.
 
         Waits for a connection slot, then for the gate of *kind* (pauses and rate cap: checked with
         the slot held, so no request slips out during a pause), then awaits *before_send* (it may
-        raise to abandon the request unsent), and calls *on_send* right before the request may
-        leave. Creates go on a fresh connection (see `create_session`). Raises aiohttp's
-        network errors, for the caller to classify, scrubbed of the key (see `scrub`). An answer
-        over `max_reply_bytes` comes back cut, as a `CappedBody` that `decode_answer` refuses:
-        pass the body on to it as it is. The body is an `Answer`: it names the request, and the
-        errors `decode_answer` raises name it too.
+        raise to abandon the request unsent). A create calls *on_write* at the moment its first
+        bytes are about to be written, once the connection is open (it may raise to abandon the
+        request: nothing is written then); with a session given by the caller, which has no such
+        hook, right before the request starts. Raises aiohttp's network errors, for the caller to
+        classify, scrubbed of the key (see `scrub`). An answer over `max_reply_bytes` comes back
+        cut, as a `CappedBody` that `decode_answer` refuses: pass the body on to it as it is. The
+        body is an `Answer`: it names the request, and the errors `decode_answer` raises name it.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
@@ -421,12 +454,13 @@ class Transport:
             await self._gate(kind)
             if before_send is not None:
                 await before_send()
-            if on_send is not None:
-                on_send()
             started = time.perf_counter()
             session = self.create_session if kind == "create" else self.session
             what = "the create" if kind == "create" else f"a poll of task {task_id}"
             notice = _WaitNotice(self.source(url), f"{what}, attempt {attempt}", self._timeout)
+            traced = kind == "create" and self._owns_session
+            if on_write is not None and not traced:
+                on_write()
             try:
                 async with session.post(
                     url,
@@ -437,11 +471,15 @@ class Transport:
                     # A redirected create would be re-sent (307/308) or turned into a GET
                     # (301/302) behind our back: a redirect is an answer, not an instruction.
                     allow_redirects=False,
+                    trace_request_ctx=on_write if traced else None,
                 ) as response:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     self.answered = True
                     body = await self._read_capped(response, self.source(url))
+                    if traced and not self._keep_alive_fits(response):
+                        # The server closes idle connections sooner than we would reuse them.
+                        response.close()
             except NETWORK_ERRORS as exc:
                 self.scrub(exc)
                 if logger.isEnabledFor(logging.DEBUG):
@@ -472,6 +510,18 @@ class Transport:
             shown = url.with_user(None) if url.user or url.password else url
             text = self._sources[method, url] = f"{method} {self.redact(str(shown))}"
         return text
+
+    def _keep_alive_fits(self, response: aiohttp.ClientResponse) -> bool:
+        """Whether the server's `Keep-Alive: timeout=N` (if any) outlasts our reuse window.
+
+        A connection the server may close before we stop reusing it is dropped after its answer,
+        so that the next create takes a fresh one instead of racing the server's close.
+        """
+        hint = response.headers.get("Keep-Alive")
+        if hint is None:
+            return True
+        timeout = keep_alive_timeout(hint)
+        return timeout is None or timeout >= self.timeouts.create_keepalive + KEEPALIVE_MARGIN
 
     async def _read_capped(self, response: aiohttp.ClientResponse, source: str) -> bytes:
         """Read an answer of at most `max_reply_bytes`, key redacted; beyond, drop the connection.

