@@ -28,9 +28,9 @@ async def test_summary_items_read_as_a_sequence_in_input_order(tmp_path: Path) -
     assert len(items) == 3
     assert [item.position for item in items] == [0, 1, 2]
     assert [item.status for item in items] == [
-        nb.BatchItemStatus.SUCCEEDED,
-        nb.BatchItemStatus.FAILED,
-        nb.BatchItemStatus.SUCCEEDED,
+        nb.events.BatchItemStatus.SUCCEEDED,
+        nb.events.BatchItemStatus.FAILED,
+        nb.events.BatchItemStatus.SUCCEEDED,
     ]
     assert items[-1] == items[2]
     assert tuple(items[1:]) == (items[1], items[2])

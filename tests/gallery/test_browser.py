@@ -186,7 +186,7 @@ async def test_a_running_gallery_reloads_itself_in_a_browser(
 async def test_a_paged_gallery_navigates_in_a_browser(tmp_path: Path, browser: Browser) -> None:
     """The index links every page; each page shows its cards and images, a <script> stays text."""
     runs = await run_batches(tmp_path / "out")
-    index = nb.write_gallery(runs.folder, page_size=2)
+    index = nb.gallery.write_gallery(runs.folder, page_size=2)
     page = await browser.new_page(viewport=VIEWPORT)
     watch = _Watch(page)
     await page.goto(index.as_uri(), wait_until="load")

@@ -84,7 +84,7 @@ def test_a_large_gallery_is_paged_and_only_changed_pages_are_rewritten(tmp_path:
     folder = tmp_path / "out"
     records = [_record(p, prompt=HOSTILE_PROMPT if p == 4 else "") for p in range(7)]
     _journal(folder, records)
-    gallery = nb.Gallery(folder, page_size=3)
+    gallery = nb.gallery.Gallery(folder, page_size=3)
     gallery.write()
     index = parse_page(folder / "index.html")
     assert cards(index) == []
