@@ -51,6 +51,7 @@ from ._errors import (
     PermissionDeniedError,
     ProtocolError,
     SubmitAbandonedError,
+    SubmitHookError,
     SubmitUncertainError,
     TaskFailedError,
 )
@@ -822,6 +823,13 @@ class Batch:
             return None
         except ClientStateError:
             raise  # the client closed under us: whether the create left is unknown
+        except SubmitHookError as exc:
+            # Paid for and tracked: only its journal line failed (a full disk). Go on with the
+            # task, and say how to recover it should this run die before it ends.
+            logger.error(
+                "%s; to get its image later: nanobanana wait %s --out PATH", exc, exc.task_id
+            )
+            task = exc.task
         except NanoBananaError as exc:
             # Refused or never sent: nothing was charged, a rerun sends it again.
             await journal.write(

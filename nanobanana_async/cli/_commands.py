@@ -28,6 +28,7 @@ from .. import (
     ImageSize,
     InvalidRequestError,
     ModelName,
+    NanoBananaError,
     PollPolicy,
     RetryEvent,
     Task,
@@ -440,6 +441,15 @@ async def _generate_async(args: argparse.Namespace, request: GenerationRequest) 
     submitted: list[str] = []
     try:
         return await _generate(args, request, submitted)
+    except NanoBananaError as exc:
+        if exc.task_id is not None and not isinstance(exc, TaskFailedError):
+            # A paid task whose end this command did not see: the user may still want its image.
+            write(
+                sys.stderr,
+                f"nanobanana: task {exc.task_id} may still run; to get its image: "
+                f"nanobanana wait {exc.task_id} --out PATH",
+            )
+        raise
     except (asyncio.CancelledError, KeyboardInterrupt):
         if submitted:
             # Paid for and running: the user may still want its image.
