@@ -408,6 +408,8 @@ class Batch:
             finally:
                 queue.put_nowait(None)
 
+        # Owned by this generator (no task group can span its yields): cancelled and awaited
+        # in its `finally`.
         job = asyncio.get_running_loop().create_task(run())
         try:
             while (event := await queue.get()) is not None:
@@ -496,6 +498,7 @@ class Batch:
     async def _write_gallery(self, gallery: Gallery, *, running: bool) -> None:
         # A view of the journal: it must never break the batch, nor flood its output.
         try:
+            # Shielded for the final write: the last page must show how the batch ended.
             with anyio.CancelScope(shield=not running):
                 await anyio.to_thread.run_sync(functools.partial(gallery.write, running=running))
         except (OSError, NanoBananaError) as exc:
@@ -777,6 +780,7 @@ class Batch:
                 return False
             # Written once the create is about to leave (after the limiter's waits): from here a
             # crash may have cost a credit, so a rerun reports the item instead of resending it.
+            # Shielded: the intent must be on disk before the create may leave.
             with anyio.CancelScope(shield=True):
                 await journal.write(self._record(key, position, request, "submitting"))
             return True

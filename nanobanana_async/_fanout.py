@@ -72,6 +72,8 @@ async def fan_out(
             index = 0
             async for item in iterate(requests):
                 await slots.acquire()
+                # Owned by this generator (no task group can span its yields): cancelled and
+                # awaited in its `finally`.
                 spawned = loop.create_task(job(index, item))
                 jobs.add(spawned)
                 spawned.add_done_callback(jobs.discard)
@@ -81,6 +83,7 @@ async def fan_out(
         finally:
             outcomes.put_nowait(_DONE)
 
+    # Owned by this generator, like the jobs: cancelled and awaited in its `finally`.
     producer = loop.create_task(produce())
     try:
         while True:

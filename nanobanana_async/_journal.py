@@ -397,6 +397,7 @@ class Journal:
     async def write(self, record: JournalRecord) -> None:
         """Append *record* and fsync it; a cancellation waits until it is on disk."""
         line = record.to_line()
+        # Shielded: a record half-written by a cancel would tear the journal line.
         with anyio.CancelScope(shield=True):
             async with self._lock:
                 await anyio.to_thread.run_sync(self._write, line)

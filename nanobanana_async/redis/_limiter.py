@@ -205,6 +205,7 @@ class RedisLimiter(BaseLimiter):
             raise ClientClosedError("the limiter is closed")
         if self._started is None:
             self._started = asyncio.Event()
+            # The limiter's one raw task: it hosts the task group all its background work runs in.
             self._host = asyncio.get_running_loop().create_task(
                 self._hold_group(self._started), name="nanobanana-redis-limiter"
             )

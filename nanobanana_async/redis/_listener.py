@@ -56,6 +56,7 @@ class Listener:
                 logger.debug("Redis pub/sub failed, subscribing again: %r", exc)
                 await anyio.sleep(self._idle)
             finally:
+                # Shielded (2 s at most): the pooled connection must go back even when cancelled.
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
