@@ -40,11 +40,6 @@ class TaskHost:
         self._up = asyncio.Event()
         self._closing = False
 
-    @property
-    def running(self) -> bool:
-        """Whether the group is open and accepts work."""
-        return self._host is not None and not self._closing
-
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the host task on *loop* (once)."""
         if self._host is None and not self._closing:

@@ -24,11 +24,6 @@ from ._wire import Answer, CappedBody
 
 logger = logging.getLogger("nanobanana_async")
 
-#: Failures that prove a request never left: no connection was made.
-NOT_SENT_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ConnectionTimeoutError,
-)
 #: Failures we never retry even when nothing left (a retry cannot help).
 HOPELESS_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectorCertificateError,
