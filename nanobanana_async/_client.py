@@ -353,6 +353,8 @@ class Client:
         if self._closed:
             # aclose() frees slots as it stops polls: nothing queued may leave through them.
             raise ClientClosedError("the client is closed")
+        if self._limiter.ready_nowait(kind):
+            return  # no pause, a token at hand: the usual case costs no wait and no scope
         deadline = _GATE_DEADLINE.get() if kind == "poll" else None
         if deadline is None:
             await self._limiter.ready(kind)

@@ -84,6 +84,14 @@ class BaseLimiter(abc.ABC):
     async def ready(self, kind: RequestKind = "create") -> None:
         """Wait until one request of *kind* may leave (pauses, rate cap); takes one rate token."""
 
+    def ready_nowait(self, kind: RequestKind = "create") -> bool:
+        """`ready` at once if that needs neither a wait nor I/O; return False if `ready()` must run.
+
+        The client calls this first before every request (the hot path); the default (False)
+        always defers to `ready`.
+        """
+        return False
+
     async def aclose(self) -> None:  # noqa: B027 - nothing to close in process
         """Let go of the limiter's resources (connections to a store); a no-op by default."""
 
@@ -136,7 +144,13 @@ class Limiter(BaseLimiter):
         self._max_concurrency = max_concurrency
         self.max_requests_per_second = max_requests_per_second
         self._burst = float(burst)
-        self._slots = anyio.Semaphore(max_concurrency) if max_concurrency is not None else None
+        # fast_acquire: a free slot is taken without a trip through the event loop (the hot
+        # path of every create); a waiter still queues in order.
+        self._slots = (
+            anyio.Semaphore(max_concurrency, fast_acquire=True)
+            if max_concurrency is not None
+            else None
+        )
         self._held: set[str] = set()
         self._tokens = float(burst)
         self._refilled = time.monotonic()
@@ -204,19 +218,34 @@ class Limiter(BaseLimiter):
     async def ready(self, kind: RequestKind = "create") -> None:
         """Wait until a request may leave: no pause in force and a rate token at hand."""
         while True:
-            now = time.monotonic()
-            if self._paused_until > now:
-                await asyncio.sleep(self._paused_until - now)
-                continue
-            rate = self.max_requests_per_second
-            if rate is None:
+            wait = self._wait_or_take()
+            if wait <= 0.0:
                 return
-            self._tokens = min(self._burst, self._tokens + (now - self._refilled) * rate)
-            self._refilled = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return
-            await asyncio.sleep((1.0 - self._tokens) / rate)
+            await asyncio.sleep(wait)
+
+    def ready_nowait(self, kind: RequestKind = "create") -> bool:
+        """Take a rate token at once if no pause is in force and one is at hand (False if not).
+
+        False also when a subclass overrides `ready`, so that its `ready` runs.
+        """
+        if type(self).ready is not Limiter.ready:
+            return False
+        return self._wait_or_take() <= 0.0
+
+    def _wait_or_take(self) -> float:
+        # 0: the request may leave now (its rate token is taken); else the seconds to wait first.
+        now = time.monotonic()
+        if self._paused_until > now:
+            return self._paused_until - now
+        rate = self.max_requests_per_second
+        if rate is None:
+            return 0.0
+        self._tokens = min(self._burst, self._tokens + (now - self._refilled) * rate)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate
 
     async def reserve(self, credits: int) -> None:
         """Reserve *credits* against the budget; raise `BudgetExceededError` if they won't fit."""

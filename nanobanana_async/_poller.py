@@ -271,7 +271,9 @@ class PollScheduler:
     One heap of `(due, seq, state, generation)`; a stale entry (the task was rescheduled or ended)
     is skipped when it surfaces. A single timer wakes the runner for the earliest due time. The
     owner runs `run()` in its task group; the polls run in a task group of the runner's own, so
-    cancelling the runner ends every poll in flight too.
+    cancelling the runner ends every poll in flight too. A poll is handed to an idle poll worker
+    of that group when there is one; a worker is started only when none is idle, so there are
+    never more workers than polls allowed at once, and a poll costs a wake-up, not a new task.
     """
 
     def __init__(
@@ -289,6 +291,8 @@ class PollScheduler:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = float("inf")
         self._running = False
+        #: Idle poll workers, each waiting on its future for the next task to poll.
+        self._idle: list[asyncio.Future[TaskState]] = []
 
     def schedule(self, state: TaskState, due: float) -> None:
         """Poll *state* at loop time *due* (replacing any earlier plan for it)."""
@@ -314,6 +318,7 @@ class PollScheduler:
             if self._timer is not None:
                 self._timer.cancel()
             self._heap.clear()
+            self._idle.clear()
 
     async def _dispatch(self, polls: TaskGroup) -> None:
         loop = asyncio.get_running_loop()
@@ -340,14 +345,22 @@ class PollScheduler:
             if generation != state.poll_generation or state.done:
                 self._slots.release()
                 continue
-            polls.start_soon(self._one, state)
+            if self._idle:
+                self._idle.pop().set_result(state)
+            else:
+                polls.start_soon(self._worker, state, loop)
 
-    async def _one(self, state: TaskState) -> None:
-        try:
-            await self._poll(state)
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException as exc:
-            self._on_crash(state, exc)
-        finally:
-            self._slots.release()
+    async def _worker(self, state: TaskState, loop: asyncio.AbstractEventLoop) -> None:
+        """Poll *state*, then wait idle for the next task the dispatcher hands over."""
+        while True:
+            try:
+                await self._poll(state)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:
+                self._on_crash(state, exc)
+            finally:
+                self._slots.release()
+            handed: asyncio.Future[TaskState] = loop.create_future()
+            self._idle.append(handed)
+            state = await handed

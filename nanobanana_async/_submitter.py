@@ -15,6 +15,7 @@ attempts, and the classification of each failure:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -93,11 +94,14 @@ class _Abandoned(Exception):
 class _Attempt:
     """One try of a create, run in the client's task group, and what its caller waits for."""
 
-    __slots__ = ("abandoned", "claim", "done", "error", "orphaned", "outcome", "scope")
+    __slots__ = ("abandoned", "claim", "done", "error", "orphaned", "outcome", "scope", "wake")
 
-    def __init__(self, claim: Claim) -> None:
+    def __init__(self, claim: Claim, wake: asyncio.Future[None]) -> None:
         self.claim = claim
-        self.done = anyio.Event()
+        #: Whether the attempt has ended (its outcome or error is set).
+        self.done = False
+        #: What the caller awaits: resolved when the attempt ends, or when the client closes.
+        self.wake = wake
         self.scope: anyio.CancelScope | None = None
         self.outcome: Task | NotSent | None = None
         self.error: BaseException | None = None
@@ -122,6 +126,12 @@ class _Attempt:
         claim = self.claim
         if not claim.hand_over("submit", "attempt") and claim.owner != "attempt":
             raise _Abandoned  # the claim was released meanwhile: nothing may leave for it
+
+    def finish(self) -> None:
+        """The attempt has ended: wake its caller."""
+        self.done = True
+        if not self.wake.done():
+            self.wake.set_result(None)
 
     def result(self) -> Task | NotSent:
         if self.error is not None:
@@ -158,8 +168,10 @@ class Submitter:
         self._host = host
         self._hold = hold
         self._resend_statuses = frozenset({429, 503} if retry.resend_on_503 else {429})
-        #: Waits of submits (budget, slot, backoff, an attempt) that closing must wake at once.
+        #: Waits of submits (budget, slot, backoff) that closing must wake at once.
         self._waits: set[anyio.CancelScope] = set()
+        #: Attempts whose callers wait for them: closing wakes the callers at once.
+        self._attempts: set[_Attempt] = set()
         self.closed = False
 
     # --- the claim ------------------------------------------------------------------------------
@@ -177,9 +189,13 @@ class Submitter:
         raise ClientClosedError("the client closed before the create was sent")
 
     async def _claim(self, model: str) -> Claim:
-        reserved = await self._closable(lambda: self._credits.admit(model))
+        # One scope for the three waits: closing wakes whichever is under way.
+        return await self._closable(lambda: self._take_claim(model))
+
+    async def _take_claim(self, model: str) -> Claim:
+        reserved = await self._credits.admit(model)
         try:
-            await self._closable(lambda: self._limiter.reserve(reserved))
+            await self._limiter.reserve(reserved)
         except BaseException:
             self._credits.cancel(reserved)
             raise
@@ -192,7 +208,7 @@ class Submitter:
         )
         try:
             # Assigned in the step acquire() returns in: no cancellation can fall in between.
-            claim.lease = await self._closable(self._limiter.acquire)
+            claim.lease = await self._limiter.acquire()
         except BaseException:
             claim.release("submit", charged=None)
             raise
@@ -244,28 +260,33 @@ class Submitter:
         first byte stops the attempt; one that leaves later lets it finish, and the created task
         stays tracked (its id is logged, and the `on_created` hook still runs).
         """
-        attempt = _Attempt(claim)
+        if self.closed:
+            raise ClientClosedError("the client closed before the create was sent")
+        attempt = _Attempt(claim, asyncio.get_running_loop().create_future())
         if not self._host.start_soon(
             self._run_attempt, request, references, hooks, attempt, name="nanobanana-create"
         ):
             raise ClientClosedError("the client closed before the create was sent")
+        self._attempts.add(attempt)
         try:
-            await self._closable(attempt.done.wait)
-        except ClientClosedError:
-            if attempt.done.is_set():
-                return attempt.result()
-            # Closing cancels the attempt with the task group; what it had done decides.
-            if claim.owner == "submit":
-                raise
-            raise SubmitUncertainError(
-                request, ClientClosedError("the client closed during the create")
-            ) from None
+            # A plain future, not a cancel scope: this wait is on every create's path. Closing
+            # resolves it early (see `close`).
+            await attempt.wake
         except BaseException as exc:
             attempt.leave()
             if isinstance(attempt.outcome, Task):
                 # Created, and the answer was already here: say which task the caller leaves.
                 note_abandoned(exc, attempt.outcome.id, "submit()")
             raise
+        finally:
+            self._attempts.discard(attempt)
+        if not attempt.done:
+            # Closing woke us; it cancels the attempt with the task group: what it did decides.
+            if claim.owner == "submit":
+                raise ClientClosedError("the client closed before the create was sent")
+            raise SubmitUncertainError(
+                request, ClientClosedError("the client closed during the create")
+            )
         return attempt.result()
 
     async def _run_attempt(
@@ -298,7 +319,7 @@ class Submitter:
                 # The caller left while the create was on the wire; if the claim came back to
                 # it (a refusal, a 429), nobody is there to release it but us.
                 claim.release("submit", charged=None)
-            attempt.done.set()
+            attempt.finish()
 
     async def _send(
         self,
@@ -385,6 +406,9 @@ class Submitter:
         self.closed = True
         for scope in list(self._waits):
             scope.cancel()
+        for attempt in list(self._attempts):
+            if not attempt.wake.done():
+                attempt.wake.set_result(None)
 
 
 def note_abandoned(exc: BaseException, task_id: str, what: str) -> None:

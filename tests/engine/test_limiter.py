@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import anyio
 import pytest
 
 import nanobanana_async as nb
+from nanobanana_async.limiters import RequestKind
 from nanobanana_async.testing import Emulator
 
 from ._helpers import SPEED, client_for, held_emulator, slots, wait_for
@@ -131,3 +134,40 @@ async def test_closing_one_client_frees_only_its_own_slots() -> None:
             for task in kept:
                 assert (await task.wait()).snapshot.status is nb.TaskStatus.SUCCEEDED
             assert limiter.in_flight == 0
+
+
+async def test_ready_nowait_takes_a_token_only_when_no_wait_is_needed() -> None:
+    """ready_nowait takes a rate token when one is at hand, and refuses during a pause or when
+    the bucket is empty, or for a subclass whose own `ready` must run."""
+    limiter = nb.Limiter(max_requests_per_second=0.001, burst=2)
+    assert limiter.ready_nowait("poll") is True
+    assert limiter.ready_nowait("create") is True
+    assert limiter.ready_nowait("poll") is False  # the burst of 2 is spent: ready() must wait
+
+    paused = nb.Limiter()
+    assert paused.ready_nowait() is True  # no rate cap: always at once
+    await paused.pause(60)
+    assert paused.ready_nowait() is False
+
+    class Logged(nb.Limiter):
+        async def ready(self, kind: RequestKind = "create") -> None:
+            await super().ready(kind)
+
+    assert Logged().ready_nowait() is False
+
+
+async def test_polls_run_in_at_most_max_connections_workers_that_end_with_the_client() -> None:
+    """Polls of 40 tasks with max_connections=3 run in 1 to 3 reused worker tasks, none left
+    after the client closes."""
+
+    def workers() -> list[asyncio.Task[object]]:
+        return [t for t in asyncio.all_tasks() if "PollScheduler._worker" in t.get_name()]
+
+    async with Emulator(speed=SPEED, credits=None) as emu:
+        client = client_for(emu, max_connections=3, max_concurrency=None)
+        async with client:
+            results = await client.map(f"p{i}" for i in range(40))
+            assert len(results) == 40
+            assert 1 <= len(workers()) <= 3
+            assert emu.ledger.polls_received >= 40  # many more polls than workers
+        assert workers() == []
