@@ -235,7 +235,15 @@ class CreditLedger:
         """
         while self._unconfirmed(model) and model in self._probes:
             await self._probes[model].wait()
+        reservation = self.admit_nowait(model)
+        assert reservation is not None  # no await since the check: no probe started meanwhile
+        return reservation
+
+    def admit_nowait(self, model: str) -> Reservation | None:
+        """`admit` at once, or return None while another create checks *model*'s given price."""
         probe = self._unconfirmed(model)
+        if probe and model in self._probes:
+            return None
         reservation = Reservation(self.reserve(model), model, probe=probe)
         if probe:
             self._probes[model] = anyio.Event()

@@ -43,6 +43,11 @@ class BaseLimiter(abc.ABC):
       `release(lease)` once it is terminal;
     - a 429: `pause(seconds)`, already capped by `RetryPolicy.max_pause`.
 
+    Before `reserve`, `acquire`, `ready`, `settle` and `release` the client tries the matching
+    `*_nowait` method, which does the same at once when no wait and no I/O is needed and says
+    whether it did; the defaults always defer to the async method, so a store need not
+    implement them.
+
     Any exception from `reserve`, `acquire` or `ready("create")` abandons the create unsent, and
     every slot and reservation taken so far is given back. A store that cannot be reached should
     fail closed there (raise `LimiterUnavailableError`), but must never raise from `ready("poll")`,
@@ -61,6 +66,14 @@ class BaseLimiter(abc.ABC):
     @abc.abstractmethod
     async def acquire(self) -> Lease:
         """Wait for a generation slot and return its lease."""
+
+    def acquire_nowait(self) -> Lease | None:
+        """Take a slot at once if one is free and that needs no I/O; else None (`acquire` runs).
+
+        The client calls this first for every create (the hot path); the default (None) always
+        defers to `acquire`.
+        """
+        return None
 
     @abc.abstractmethod
     async def release(self, lease: Lease) -> None:
@@ -97,6 +110,14 @@ class BaseLimiter(abc.ABC):
 
     async def reserve(self, credits: int) -> None:  # noqa: B027 - no budget by default
         """Reserve *credits* for a create about to be sent; raise `BudgetExceededError` if over."""
+
+    def reserve_nowait(self, credits: int) -> bool:
+        """`reserve` at once if that needs no I/O (True), or return False for `reserve` to run.
+
+        Raises `BudgetExceededError` like `reserve`. The default: True when `reserve` is not
+        overridden (there is no budget to hold), else False.
+        """
+        return type(self).reserve is BaseLimiter.reserve
 
     async def settle(self, reserved: int, charged: int) -> None:  # noqa: B027 - no budget
         """Turn a reservation of *reserved* into a charge of *charged* (0: never sent).
@@ -185,10 +206,27 @@ class Limiter(BaseLimiter):
         """How many generations hold a slot now."""
         return len(self._held)
 
+    def acquire_nowait(self) -> Lease | None:
+        """Take a slot at once if one is free and nobody waits (None if not, or if a subclass
+        overrides `acquire`, so that its `acquire` runs)."""
+        if type(self).acquire is not Limiter.acquire:
+            return None
+        if self._slots is not None:
+            if self._slots.statistics().tasks_waiting:
+                return None  # first come, first served
+            try:
+                self._slots.acquire_nowait()
+            except anyio.WouldBlock:
+                return None
+        return self._lease()
+
     async def acquire(self) -> Lease:
         """Wait for a generation slot and return its lease."""
         if self._slots is not None:
             await self._slots.acquire()
+        return self._lease()
+
+    def _lease(self) -> Lease:
         token = str(next(self._counter))
         self._held.add(token)
         self.max_in_flight = max(self.max_in_flight, len(self._held))
@@ -249,6 +287,16 @@ class Limiter(BaseLimiter):
 
     async def reserve(self, credits: int) -> None:
         """Reserve *credits* against the budget; raise `BudgetExceededError` if they won't fit."""
+        self._reserve(credits)
+
+    def reserve_nowait(self, credits: int) -> bool:
+        """Reserve at once (False when a subclass overrides `reserve`, to call it)."""
+        if type(self).reserve is not Limiter.reserve:
+            return False
+        self._reserve(credits)
+        return True
+
+    def _reserve(self, credits: int) -> None:
         budget = self.max_credits
         expected = self._open.expected(credits)
         if budget is not None and self.committed_credits + expected > budget:

@@ -189,13 +189,16 @@ class Submitter:
         raise ClientClosedError("the client closed before the create was sent")
 
     async def _claim(self, model: str) -> Claim:
-        # One scope for the three waits: closing wakes whichever is under way.
-        return await self._closable(lambda: self._take_claim(model))
-
-    async def _take_claim(self, model: str) -> Claim:
-        reserved = await self._credits.admit(model)
+        # Each step is tried at once first: the usual create waits for nothing, and so enters
+        # no cancel scope (the hot path). A step that must wait does so closable.
+        if self.closed:
+            raise ClientClosedError("the client is closed")
+        reserved = self._credits.admit_nowait(model)
+        if reserved is None:
+            reserved = await self._closable(lambda: self._credits.admit(model))
         try:
-            await self._limiter.reserve(reserved)
+            if not self._limiter.reserve_nowait(reserved):
+                await self._closable(lambda: self._limiter.reserve(reserved))
         except BaseException:
             self._credits.cancel(reserved)
             raise
@@ -208,7 +211,9 @@ class Submitter:
         )
         try:
             # Assigned in the step acquire() returns in: no cancellation can fall in between.
-            claim.lease = await self._limiter.acquire()
+            claim.lease = self._limiter.acquire_nowait() or await self._closable(
+                self._limiter.acquire
+            )
         except BaseException:
             claim.release("submit", charged=None)
             raise

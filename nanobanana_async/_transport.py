@@ -193,21 +193,34 @@ def describe(exc: BaseException) -> str:
 class _WaitNotice:
     """Logs (INFO) what a request waits for while no answer comes, every few seconds."""
 
-    def __init__(self, source: str, what: str, timeout: aiohttp.ClientTimeout) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._started = self._loop.time()
+    __slots__ = ("_attempt", "_handle", "_limit", "_loop", "_source", "_started", "_task_id")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        source: str,
+        task_id: str | None,
+        attempt: int,
+        timeout: aiohttp.ClientTimeout,
+    ) -> None:
+        # Made for every request: the text is only put together if a notice is due.
+        self._loop = loop
+        self._started = loop.time()
         self._source = source
-        self._what = what
+        self._task_id = task_id
+        self._attempt = attempt
         self._limit = timeout.total
-        self._handle: asyncio.TimerHandle | None = self._loop.call_later(WAIT_NOTICE, self._say)
+        self._handle: asyncio.TimerHandle | None = loop.call_later(WAIT_NOTICE, self._say)
 
     def _say(self) -> None:
         waited = self._loop.time() - self._started
         limit = f"; gives up after {self._limit:g} s" if self._limit else ""
+        what = "the create" if self._task_id is None else f"a poll of task {self._task_id}"
         logger.info(
-            "waiting for the answer to %s (%s): none for %.0f s%s",
+            "waiting for the answer to %s (%s, attempt %d): none for %.0f s%s",
             self._source,
-            self._what,
+            what,
+            self._attempt,
             waited,
             limit,
         )
@@ -451,8 +464,13 @@ class Transport:
                 await before_send()
             started = time.perf_counter()
             session = self.create_session if kind == "create" else self.session
-            what = "the create" if kind == "create" else f"a poll of task {task_id}"
-            notice = _WaitNotice(self.source(url), f"{what}, attempt {attempt}", self._timeout)
+            notice = _WaitNotice(
+                asyncio.get_running_loop(),
+                self.source(url),
+                None if kind == "create" else task_id,
+                attempt,
+                self._timeout,
+            )
             traced = kind == "create" and self._owns_session
             if on_write is not None and not traced:
                 on_write()

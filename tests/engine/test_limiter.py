@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import nanobanana_async as nb
-from nanobanana_async.limiters import RequestKind
+from nanobanana_async.limiters import Lease, RequestKind
 from nanobanana_async.testing import Emulator
 
 from ._helpers import SPEED, client_for, held_emulator, slots, wait_for
@@ -171,3 +172,36 @@ async def test_polls_run_in_at_most_max_connections_workers_that_end_with_the_cl
             assert 1 <= len(workers()) <= 3
             assert emu.ledger.polls_received >= 40  # many more polls than workers
         assert workers() == []
+
+
+async def test_acquire_and_reserve_nowait_never_jump_the_queue_or_the_budget() -> None:
+    """acquire_nowait takes a free slot but none while someone waits for one, and reserve_nowait
+    holds the budget like reserve; subclasses overriding the async methods get them called."""
+    limiter = nb.Limiter(max_concurrency=1, max_credits=20)
+    first = limiter.acquire_nowait()
+    assert first is not None
+    assert limiter.in_flight == 1
+    assert limiter.acquire_nowait() is None  # no slot free
+    async with anyio.create_task_group() as group:
+        group.start_soon(limiter.acquire)  # queues for the slot
+        for _ in range(3):  # let it start and queue (it cannot get the slot: none is free)
+            await anyio.lowlevel.checkpoint()
+        await limiter.release(first)
+        # The slot went to the waiter: a nowait caller does not take it from under it.
+        assert limiter.acquire_nowait() is None
+    assert limiter.in_flight == 1
+
+    assert limiter.reserve_nowait(15) is True
+    with pytest.raises(nb.BudgetExceededError):
+        limiter.reserve_nowait(15)
+    assert limiter.committed_credits == 15
+
+    class Counted(nb.Limiter):
+        async def acquire(self) -> Lease:
+            return await super().acquire()
+
+        async def reserve(self, credits: int) -> None:
+            await super().reserve(credits)
+
+    assert Counted().acquire_nowait() is None
+    assert Counted().reserve_nowait(1) is False
