@@ -489,6 +489,10 @@ class Client:
             # Answered as already done: a failed create is refunded by the service.
             self._update(state, snapshot, now)
             return state
+        if self._closed:
+            # Created as the client closes (after its tasks were ended): nothing will poll it.
+            self._end(state, ClientClosedError(f"the client closed before task {state.id} ended"))
+            return state
         self._tasks[state.id] = state
         delay = self._timer.first_delay(state) if first_delay is None else first_delay
         self._schedule(state, now + delay)

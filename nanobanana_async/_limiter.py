@@ -45,13 +45,15 @@ class BaseLimiter(abc.ABC):
 
     Before `reserve`, `acquire`, `ready`, `settle` and `release` the client tries the matching
     `*_nowait` method, which does the same at once when no wait and no I/O is needed and says
-    whether it did; the defaults always defer to the async method, so a store need not
+    whether it did; the defaults defer to the async method (`reserve_nowait` answers True at
+    once only when `reserve` is not overridden: there is no budget), so a store need not
     implement them.
 
-    Any exception from `reserve`, `acquire` or `ready("create")` abandons the create unsent, and
-    every slot and reservation taken so far is given back. A store that cannot be reached should
-    fail closed there (raise `LimiterUnavailableError`), but must never raise from `ready("poll")`,
-    `renew`, `release` or `refund`, which run for tasks that are already paid for.
+    Any exception from `reserve`, `acquire` or `ready("create")` (or their `*_nowait` forms)
+    abandons the create unsent, and every slot and reservation taken so far is given back. A store
+    that cannot be reached should fail closed there (raise `LimiterUnavailableError`), but must
+    never raise from `ready("poll")`, `ready_nowait("poll")`, `renew`, `release` or `refund`,
+    which run for tasks that are already paid for.
     """
 
     #: The credit budget this limiter holds, or None. A client sends no model of unknown price
@@ -207,8 +209,10 @@ class Limiter(BaseLimiter):
         return len(self._held)
 
     def acquire_nowait(self) -> Lease | None:
-        """Take a slot at once if one is free and nobody waits (None if not, or if a subclass
-        overrides `acquire`, so that its `acquire` runs)."""
+        """Take a slot at once if one is free and nobody waits for one; else return None.
+
+        None also when a subclass overrides `acquire`, so that its `acquire` runs.
+        """
         if type(self).acquire is not Limiter.acquire:
             return None
         if self._slots is not None:

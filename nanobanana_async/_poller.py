@@ -345,8 +345,11 @@ class PollScheduler:
             if generation != state.poll_generation or state.done:
                 self._slots.release()
                 continue
-            if self._idle:
-                self._idle.pop().set_result(state)
+            while self._idle:
+                handed = self._idle.pop()
+                if not handed.done():  # a worker cancelled while idle leaves a dead future
+                    handed.set_result(state)
+                    break
             else:
                 polls.start_soon(self._worker, state, loop)
 
@@ -363,4 +366,9 @@ class PollScheduler:
                 self._slots.release()
             handed: asyncio.Future[TaskState] = loop.create_future()
             self._idle.append(handed)
-            state = await handed
+            try:
+                state = await handed
+            except BaseException:
+                if handed.done() and not handed.cancelled():
+                    self._slots.release()  # handed a poll it will not run
+                raise

@@ -211,9 +211,10 @@ class Submitter:
         )
         try:
             # Assigned in the step acquire() returns in: no cancellation can fall in between.
-            claim.lease = self._limiter.acquire_nowait() or await self._closable(
-                self._limiter.acquire
-            )
+            lease = self._limiter.acquire_nowait()
+            if lease is None:
+                lease = await self._closable(self._limiter.acquire)
+            claim.lease = lease
         except BaseException:
             claim.release("submit", charged=None)
             raise
@@ -265,6 +266,11 @@ class Submitter:
         first byte stops the attempt; one that leaves later lets it finish, and the created task
         stays tracked (its id is logged, and the `on_created` hook still runs).
         """
+        # One loop trip first: a cancellation of the caller already under way (a cancelled
+        # scope, a timeout at 0, a pending Task.cancel()) lands here, before an attempt exists.
+        # The claim path takes no other trip, and on a kept-alive connection neither does the
+        # attempt before its first byte.
+        await asyncio.sleep(0)
         if self.closed:
             raise ClientClosedError("the client closed before the create was sent")
         attempt = _Attempt(claim, asyncio.get_running_loop().create_future())

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import anyio
 import pytest
-from engine._helpers import SPEED, client_for, gated_emulator, held_emulator, wait_for
+from engine._helpers import SPEED, client_for, gated_emulator, held_emulator, slots, wait_for
 
 import nanobanana_async as nb
 from nanobanana_async.testing import Emulator, Fault
@@ -219,3 +219,39 @@ async def test_a_refused_create_after_the_caller_left_gives_its_claim_back() -> 
             gate.open()
             await wait_for(lambda: limiter.in_flight == 0 and limiter.committed_credits == 0)
             assert client.credits.reserved == 0
+
+
+def _create_attempts() -> list[asyncio.Task[object]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_name() == "nanobanana-create" and not task.done()
+    ]
+
+
+@pytest.mark.parametrize("how", ["cancelled scope", "pending Task.cancel()"])
+async def test_a_submit_cancelled_before_it_runs_starts_no_attempt(how: str) -> None:
+    """A submit whose caller is already being cancelled starts no create attempt and gives its
+    claim back, even on a kept-alive connection where nothing else would yield."""
+    async with held_emulator(credits=None) as (emu, _hold):
+        async with client_for(emu) as client:
+            await client.submit("warm-up")  # leaves a kept-alive create connection; held running
+            before = emu.ledger.creates_received
+            if how == "cancelled scope":
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await client.submit("pre-cancelled")
+                assert scope.cancelled_caught
+            else:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await client.submit("pre-cancelled")
+                if hasattr(task, "uncancel"):  # Python 3.11+
+                    task.uncancel()
+            # Checked before any other await: no attempt exists that could still write.
+            assert _create_attempts() == []
+            assert client.credits.reserved == 0
+            assert slots(client) == 1  # the warm-up's task only
+        assert emu.ledger.creates_received == before

@@ -320,7 +320,8 @@ async def test_map_stops_submitting_after_it_raised() -> None:
             assert raised.value.task_id is not None
             await wait_for(lambda: client.in_flight == 0 and limiter.in_flight == 0)
             assert limiter.acquired == started
-            assert emu.ledger.creates_received == started
+            # A slot taken just as map() raised may have stopped its create before any byte.
+            assert emu.ledger.creates_received <= started
             assert started <= 2 * 2  # the fan-out window of max_concurrency=2
 
 
