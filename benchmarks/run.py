@@ -141,7 +141,7 @@ def markdown(document: dict[str, Any]) -> str:
             rows.append(
                 (
                     f"Polling, {workload} progress (polls/task, p50/p95 latency s)",
-                    f"adaptive {a['polls_per_task']:.1f}, {a['p50']:.2f}/{a['p95']:.2f}; "
+                    f"adaptive {a['polls_per_task']:.2f}, {a['p50']:.2f}/{a['p95']:.2f}; "
                     f"fixed 0.5 s {f5['polls_per_task']:.1f}, {f5['p50']:.2f}/{f5['p95']:.2f}; "
                     f"fixed 1 s {f1['polls_per_task']:.1f}, {f1['p50']:.2f}/{f1['p95']:.2f}",
                     {

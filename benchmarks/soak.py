@@ -11,8 +11,10 @@ task through `Client.as_completed` with a bounded number in flight, then the run
 
 Run: ``python -m benchmarks.soak`` (20,000 tasks, 200 in flight). ``--tasks``, ``--in-flight``,
 ``--speed`` change the size. ``python -m benchmarks.soak --keepalive`` instead measures false
-`SubmitUncertainError`s against a server closing idle keep-alive connections, with creates on
-the shared pool (what a caller's own session gets) and on fresh connections (the default).
+`SubmitUncertainError`s against a server closing idle keep-alive connections (``--idle S``,
+a create every ``--gap`` s), with creates on the shared pool (what a caller's own session
+gets), on the client's own create pool (the default: connections idle under 1 s reused), and
+on a fresh connection each (the strict mode).
 """
 
 from __future__ import annotations
@@ -254,15 +256,21 @@ def report(figures: dict[str, Any], ledger: dict[str, Any]) -> bool:
 
 
 async def keepalive_race(
-    rounds: int, idle: float, fresh: bool, seed: int = 0, gap: float | None = None
+    rounds: int,
+    idle: float,
+    fresh: bool,
+    seed: int = 0,
+    gap: float | None = None,
+    create_keepalive: float | None = None,
 ) -> dict[str, int]:
     """Creates racing a server that closes connections idle for *idle* s; count false uncertainty.
 
     Each round submits one create after a pause around *gap* (default: *idle*), so the pooled
     connection it might ride is being closed by the server just then. With the client's own
-    sessions creates reuse only connections idle under `Timeouts.create_keepalive` (1 s); a
-    *gap* around that window is the worst case for it. A false uncertain create is a
-    `SubmitUncertainError` for a create the server never processed.
+    sessions creates reuse only connections idle under `Timeouts.create_keepalive` (1 s, or
+    *create_keepalive*; 0 is the strict mode); a *gap* around that window is the worst case for
+    it. A false uncertain create is a `SubmitUncertainError` for a create the server never
+    processed.
     """
     charged = 0
 
@@ -293,8 +301,18 @@ async def keepalive_race(
     session = None if fresh else aiohttp.ClientSession()
     try:
         retry = nb.RetryPolicy(attempts=5, sleep=False)
+        timeouts = (
+            nb.Timeouts()
+            if create_keepalive is None
+            else nb.Timeouts(create_keepalive=create_keepalive)
+        )
         async with nb.Client(
-            "k", base_url=base_url, session=session, retry=retry, max_concurrency=None
+            "k",
+            base_url=base_url,
+            session=session,
+            retry=retry,
+            max_concurrency=None,
+            timeouts=timeouts,
         ) as client:
             for _ in range(rounds):
                 await client.get("3-warm")  # leaves a pooled connection behind
@@ -331,14 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(serve(args.speed, args.seed))
         return 0
     if args.keepalive:
-        for fresh in (False, True):
+        modes = (
+            (False, None, "a caller's session= (creates on its long-lived pool)"),
+            (True, None, "our sessions, the default (creates reuse connections idle < 1 s)"),
+            (True, 0.0, "our sessions, strict (create_keepalive=0: a fresh connection each)"),
+        )
+        for fresh, keepalive, label in modes:
             figures = asyncio.run(
-                keepalive_race(args.rounds, args.idle, fresh, args.seed, args.gap)
-            )
-            label = (
-                "our sessions (creates reuse connections idle < 1 s, the default)"
-                if fresh
-                else "a caller's session= (creates on its long-lived pool)"
+                keepalive_race(args.rounds, args.idle, fresh, args.seed, args.gap, keepalive)
             )
             rate = figures["uncertain"] / figures["rounds"]
             print(
