@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 import nanobanana_async as nb
 from nanobanana_async._batch import slugify
-from nanobanana_async._journal import legacy_key, request_key
+from nanobanana_async._journal import Journal, legacy_key, request_key
 from nanobanana_async.testing import Emulator, Fault
 
 from ._helpers import fast_client, held_emulator, journal_lines, last_states, pngs, wait_until
@@ -470,3 +471,27 @@ async def test_a_batch_can_do_without_a_gallery(tmp_path: Path) -> None:
     async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
         assert (await nb.run_batch(client, ["x"], tmp_path, gallery=False)).ok
     assert not (tmp_path / "index.html").exists()
+
+
+async def test_a_journal_that_cannot_record_a_created_task_loses_no_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the journal cannot record a created task's id (a full disk), the batch goes on with
+    the paid task to its image and logs the `nanobanana wait ID` line that recovers it."""
+    write = Journal.write
+
+    async def full_disk_for_running(self: Journal, record: Any) -> None:
+        if record.state == "running":
+            raise OSError(28, "No space left on device")
+        await write(self, record)
+
+    monkeypatch.setattr(Journal, "write", full_disk_for_running)
+    async with Emulator(speed=1000, image_downscale=8) as emu, fast_client(emu) as client:
+        summary = await nb.run_batch(client, ["a banana cat"], tmp_path)
+        task_ids = list(emu.tasks)
+        assert emu.ledger.creates_received == 1
+    assert summary.succeeded == 1
+    assert len(pngs(tmp_path)) == 1
+    assert len(task_ids) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any(f"nanobanana wait {task_ids[0]} --out PATH" in message for message in errors)
