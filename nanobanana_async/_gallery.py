@@ -12,6 +12,7 @@ import collections
 import contextlib
 import hashlib
 import html
+import logging
 import math
 import os
 import secrets
@@ -25,7 +26,9 @@ import attrs
 
 from ._errors import InvalidRequestError
 from ._inputs import MODEL_COSTS
-from ._journal import JOURNAL_NAME, JournalRecord
+from ._journal import JOURNAL_NAME, JournalRecord, journal_lines, unreadable
+
+logger = logging.getLogger("nanobanana_async")
 
 #: The gallery's file name in the output folder.
 GALLERY_NAME = "index.html"
@@ -357,6 +360,7 @@ def _header(
     now: float,
     scope: str | None = None,
     nav: str = "",
+    skipped: int = 0,
 ) -> list[str]:
     """The page's head and its summary header (counts, credits, time), up to ``<main>``."""
     counts = tally.view_counts(running=running)
@@ -387,6 +391,8 @@ def _header(
             when += f" · last change {_clock(last)}"
     if running:
         when += f" · running, updated {_clock(now)}, reloads every {refresh:g} s"
+    if skipped:
+        when += f" · {skipped:,} unreadable journal line{'' if skipped == 1 else 's'} skipped"
 
     head = [
         "<!doctype html>",
@@ -562,6 +568,7 @@ class Gallery:
         self._pages: dict[int, _Page] = {}
         # Input lines found invalid, by position: a later record at that position replaces them.
         self._invalid_at: dict[int, int] = {}
+        self._skipped = 0
         self._times = _Tally()
         self._written: tuple[bool, bool] | None = None  # (running, paged) of the last write
         # Rendered cards of the pages rendered last (a few pages, never the whole batch).
@@ -589,6 +596,11 @@ class Gallery:
     def page_size(self) -> int:
         """Items per page."""
         return self._page_size
+
+    @property
+    def skipped(self) -> int:
+        """Journal lines the last `write` found unreadable (torn, garbage, too long) and skipped."""
+        return self._skipped
 
     def page_path(self, number: int) -> Path:
         """Where page *number* (1 for input positions 0 to `page_size` - 1) is written."""
@@ -628,11 +640,20 @@ class Gallery:
             with os.fdopen(os.dup(fd), "rb") as stream:
                 stream.seek(self._offset)
                 at = self._offset
-                for line in stream:
-                    if not line.endswith(b"\n"):
+                for line, size in journal_lines(stream):
+                    complete = (
+                        line.endswith(b"\n")
+                        if line is not None
+                        else os.pread(fd, 1, at + size - 1) == b"\n"
+                    )
+                    if not complete:
                         break  # a line still being written is read next time
-                    self._add(line, at)
-                    at += len(line)
+                    record = JournalRecord.from_line(line) if line is not None else None
+                    if record is not None:
+                        self._add(record, at, size)
+                    elif unreadable(line):
+                        self._skipped += 1
+                    at += size
                 self._offset = at
         except BaseException:
             os.close(fd)
@@ -645,20 +666,18 @@ class Gallery:
         self._items.clear()
         self._pages.clear()
         self._invalid_at.clear()
+        self._skipped = 0
         self._times = _Tally()
         self._cards.clear()
         self._written = None
 
-    def _add(self, line: bytes, offset: int) -> None:
-        entry = _entry(line)
-        if entry is None:
-            return
+    def _add(self, entry: JournalRecord, offset: int, length: int) -> None:
         key = _key_id(entry.key)
         old = self._items.get(key)
         started = old.started if old is not None else entry.time
         sure, unsure = _charged(entry)
         number = entry.position // self._page_size
-        item = _Item(number, offset, len(line), _CODE[entry.state], sure, unsure, started)
+        item = _Item(number, offset, length, _CODE[entry.state], sure, unsure, started)
         if old is not None:
             self._drop(key, old)
         invalid = self._invalid_at.get(entry.position)
@@ -700,7 +719,12 @@ class Gallery:
         if not paged:
             first = self._pages.get(0)
             head = _header(
-                self._tally(), title=title, running=running, refresh=self._refresh, now=now
+                self._tally(),
+                title=title,
+                running=running,
+                refresh=self._refresh,
+                now=now,
+                skipped=self._skipped,
             )
             body = self._cards_of(fd, 0, running=running, now=now)
             if not body:
@@ -732,6 +756,7 @@ class Gallery:
                 now=now,
                 scope=scope,
                 nav=nav,
+                skipped=self._skipped,
             )
             body = self._cards_of(fd, number, running=running, now=now)
             text = "\n".join([*head, "<main>", *body, "</main>", "</body></html>", ""])
@@ -749,7 +774,14 @@ class Gallery:
         return total
 
     def _index(self, title: str, *, running: bool, now: float) -> str:
-        head = _header(self._tally(), title=title, running=running, refresh=self._refresh, now=now)
+        head = _header(
+            self._tally(),
+            title=title,
+            running=running,
+            refresh=self._refresh,
+            now=now,
+            skipped=self._skipped,
+        )
         view = _RUNNING_VIEW if running else _FINAL_VIEW
         rows = []
         for number in sorted(self._pages):
@@ -831,6 +863,10 @@ def write_gallery(
     batch runs. To keep a gallery up to date during a run, hold a `Gallery` instead (it reads and
     rewrites only what changed).
 
+    Journal lines that hold no record (torn, garbage, nested too deep, over the journal's line
+    limit) are skipped and counted: the page says how many, and a warning on the
+    ``nanobanana_async`` logger too.
+
     Args:
         out_dir: The batch's output folder (image paths in the page are relative to it).
         journal: The batch's journal; default ``out_dir/journal.jsonl``.
@@ -846,4 +882,12 @@ def write_gallery(
         OSError: If a page cannot be written.
     """
     gallery = Gallery(out_dir, journal, refresh=refresh, title=title, page_size=page_size)
-    return gallery.write(running=running)
+    page = gallery.write(running=running)
+    if gallery.skipped:
+        logger.warning(
+            "journal %s: the gallery skipped %d unreadable line%s (not a record)",
+            gallery.journal,
+            gallery.skipped,
+            "" if gallery.skipped == 1 else "s",
+        )
+    return page

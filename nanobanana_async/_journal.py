@@ -269,21 +269,30 @@ class JournalScan:
     skipped: int = 0
 
 
-def _lines(stream: BinaryIO) -> Iterator[bytes | None]:
-    """Yield the lines of a binary *stream*, or None for each line over `MAX_LINE_BYTES`.
+def journal_lines(stream: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
+    """Yield each line of a binary journal *stream* with its size in bytes.
 
-    A long line is read in bounded pieces and dropped: it never sits whole in memory.
+    The line is None if it is over `MAX_LINE_BYTES`: such a line is read in bounded pieces and
+    dropped, it never sits whole in memory. The last line may lack its newline (torn, or still
+    being written).
     """
     while True:
         line = stream.readline(MAX_LINE_BYTES + 1)
         if not line:
             return
         if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
-            yield line
+            yield line, len(line)
             continue
+        size = len(line)
         while line and not line.endswith(b"\n"):
             line = stream.readline(MAX_LINE_BYTES)
-        yield None
+            size += len(line)
+        yield None, size
+
+
+def unreadable(line: bytes | None) -> bool:
+    """Whether a line of `journal_lines` counts as skipped when it holds no record (not blank)."""
+    return line is None or bool(line.strip())
 
 
 def scan_journal(path: str | os.PathLike[str]) -> JournalScan:
@@ -296,11 +305,11 @@ def scan_journal(path: str | os.PathLike[str]) -> JournalScan:
     index: dict[str, JournalRecord] = {}
     skipped = 0
     with contextlib.suppress(FileNotFoundError), Path(path).open("rb") as stream:
-        for line in _lines(stream):
+        for line, _size in journal_lines(stream):
             record = JournalRecord.from_line(line) if line is not None else None
             if record is not None:
                 index[record.key] = record
-            elif line is None or line.strip():
+            elif unreadable(line):
                 skipped += 1
     if skipped:
         logger.warning(

@@ -16,6 +16,7 @@ from nanobanana_async._journal import (
     read_journal,
     scan_journal,
 )
+from nanobanana_async.gallery import Gallery, write_gallery
 from nanobanana_async.testing import Emulator
 from tests.cli._helpers import cli_env, err, is_png, json_lines, out, run_cli
 
@@ -74,7 +75,7 @@ def test_opening_a_journal_whose_torn_tail_is_a_long_line_cuts_all_of_it(tmp_pat
 
 
 async def test_dry_run_resume_and_gallery_survive_a_hostile_journal(tmp_path: Path) -> None:
-    """`--dry-run`, a resumed batch and `gallery` all run over the hostile journal, saying so."""
+    """`--dry-run`, a resumed batch and `gallery` run over the hostile journal, warn and count."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n", encoding="utf-8")
     folder = tmp_path / "out"
@@ -100,8 +101,12 @@ async def test_dry_run_resume_and_gallery_survive_a_hostile_journal(tmp_path: Pa
     images = list(folder.glob("*.png"))
     assert len(images) == 2
     assert all(is_png(path) for path in images)
+    assert "skipped 5 unreadable lines" in err(run)
     assert gallery.returncode == 0, err(gallery)
-    assert (folder / "index.html").is_file()
+    assert "warning: " in err(gallery)
+    assert "skipped 5 unreadable lines" in err(gallery), err(gallery)
+    page = (folder / "index.html").read_text(encoding="utf-8")
+    assert "5 unreadable journal lines skipped" in page
     # The good record (key k-good) and the run's own records are all readable afterwards.
     records = [
         json.loads(line)
@@ -110,3 +115,28 @@ async def test_dry_run_resume_and_gallery_survive_a_hostile_journal(tmp_path: Pa
     ]
     ended = {r["key"]: r["state"] for r in records if r["key"] != "k-good"}
     assert sorted(ended.values()) == ["succeeded", "succeeded"]
+
+
+def test_the_gallery_counts_the_lines_it_skips_and_waits_for_a_long_line_being_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`Gallery` counts each unreadable line once, a long unfinished last line once done."""
+    journal = tmp_path / "journal.jsonl"
+    write_hostile_journal(journal)
+    with journal.open("ab") as stream:
+        stream.write(b'{"key":"' + b"z" * (MAX_LINE_BYTES + 3))  # still being written
+    gallery = Gallery(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="nanobanana_async"):
+        page = gallery.write()
+    assert gallery.skipped == len(hostile_lines())
+    assert "5 unreadable journal lines skipped" in page.read_text(encoding="utf-8")
+    assert "a cat" in page.read_text(encoding="utf-8")
+    assert not caplog.records  # a batch's live gallery stays quiet: the batch warns itself
+    with journal.open("ab") as stream:
+        stream.write(b'"}\n' + GOOD.to_line())
+    gallery.write()
+    assert gallery.skipped == len(hostile_lines()) + 1
+    with caplog.at_level(logging.WARNING, logger="nanobanana_async"):
+        write_gallery(tmp_path)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("skipped 6 unreadable lines" in message for message in warnings), warnings
