@@ -14,51 +14,39 @@ from __future__ import annotations
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 # The public submodules: names that moved off the root live there (see `_MOVED`).
-from . import defaults, events, gallery, limiters
+from . import credits, defaults, errors, events, gallery, inputs, limiters
 from ._batch import Batch, run_batch
 from ._client import Client
-from ._config import PollPolicy, RetryEvent, RetryPolicy, Timeouts
-from ._credits import CreditUsage
+from ._config import PollPolicy, RetryPolicy, Timeouts
 from ._errors import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
     BudgetExceededError,
-    ClientClosedError,
-    ClientStateError,
-    DownloadError,
     InsufficientCreditsError,
     InvalidRequestError,
-    LimiterUnavailableError,
     NanoBananaError,
-    NotFoundError,
-    PermissionDeniedError,
     ProtocolError,
     RateLimitError,
     ServerError,
-    SubmitAbandonedError,
-    SubmitHookError,
     SubmitUncertainError,
     TaskError,
     TaskFailedError,
     TaskTimeoutError,
     TransportError,
 )
-from ._inputs import MODEL_COSTS
 from ._limiter import Limiter
 from ._models import (
     AspectRatio,
     CustomModel,
     GeneratedImage,
     GenerationRequest,
-    ImageInput,
     ImageSize,
     ModelName,
     TaskResult,
     TaskSnapshot,
     TaskStatus,
 )
-from ._submitter import SubmitHooks
 from ._task import Task
 from ._version import __version__
 from .redis import RedisLimiter
@@ -71,35 +59,22 @@ __all__ = [
     "Batch",
     "BudgetExceededError",
     "Client",
-    "ClientClosedError",
-    "ClientStateError",
-    "CreditUsage",
     "CustomModel",
-    "DownloadError",
     "GeneratedImage",
     "GenerationRequest",
-    "ImageInput",
     "ImageSize",
     "InsufficientCreditsError",
     "InvalidRequestError",
     "Limiter",
-    "LimiterUnavailableError",
-    "MODEL_COSTS",
     "ModelName",
     "NanoBananaError",
-    "NotFoundError",
-    "PermissionDeniedError",
     "PollPolicy",
     "ProtocolError",
     "RateLimitError",
     "RedisLimiter",
-    "RetryEvent",
     "RetryPolicy",
     "run_batch",
     "ServerError",
-    "SubmitAbandonedError",
-    "SubmitHookError",
-    "SubmitHooks",
     "SubmitUncertainError",
     "Task",
     "TaskError",
@@ -116,9 +91,16 @@ __all__ = [
 #: Names that moved from the package root to a public submodule (0.2), by old name: they are
 #: still importable from the root, with a `DeprecationWarning` saying where they went.
 _MOVED: dict[str, str] = {
+    **dict.fromkeys(credits.__all__, "nanobanana_async.credits"),
     **dict.fromkeys(defaults.__all__, "nanobanana_async.defaults"),
+    **{
+        name: "nanobanana_async.errors"
+        for name in errors.__all__
+        if name not in __all__  # the root's errors stay there
+    },
     **dict.fromkeys(events.__all__, "nanobanana_async.events"),
     **dict.fromkeys(gallery.__all__, "nanobanana_async.gallery"),
+    **dict.fromkeys(inputs.__all__, "nanobanana_async.inputs"),
     **dict.fromkeys(limiters.__all__, "nanobanana_async.limiters"),
 }
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from .. import (
-    MODEL_COSTS,
     Client,
     InvalidRequestError,
     ModelName,
@@ -24,6 +23,7 @@ from .. import (
 )
 from .._catalogue import REPORTED_MODELS
 from .._client import API_KEY_ENV, DEFAULT_MAX_CONCURRENCY
+from ..credits import MODEL_COSTS
 from ..limiters import BaseLimiter
 
 #: Divides every poll delay (for emulators running faster than real time); also `--poll-speed`.

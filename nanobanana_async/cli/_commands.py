@@ -30,7 +30,6 @@ from .. import (
     ModelName,
     NanoBananaError,
     PollPolicy,
-    RetryEvent,
     Task,
     TaskFailedError,
     TaskResult,
@@ -48,6 +47,7 @@ from .._journal import (
     lookup,
     scan_journal,
 )
+from ..events import RetryEvent
 from ._checks import UsageError, check_file, check_folder, check_model, open_client, prices
 from ._input import Defaults, input_format, read_input, scan
 from ._views import (

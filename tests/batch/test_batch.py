@@ -251,7 +251,7 @@ async def test_events_can_be_iterated_and_the_summary_is_kept(tmp_path: Path) ->
     assert batch.summary.ok
     assert {event.kind for event in events} >= {K.SUBMITTED, K.PROGRESS, K.SUCCEEDED}
     assert sorted(terminal(events)) == [0, 1]
-    with pytest.raises(nb.ClientStateError):
+    with pytest.raises(nb.errors.ClientStateError):
         await batch.run()
 
 

@@ -109,11 +109,11 @@ async def test_a_missing_image_raises_not_found_error(
 ) -> None:
     """Downloading an image URL that answers 404 raises NotFoundError and writes nothing."""
     image = nb.GeneratedImage(url=f"{emu.base_url}/files/3-unknown/0.png")
-    with pytest.raises(nb.NotFoundError) as info:
+    with pytest.raises(nb.errors.NotFoundError) as info:
         await client.download(image)
     assert info.value.status == 404
     assert "file not found" in str(info.value)
-    with pytest.raises(nb.NotFoundError):
+    with pytest.raises(nb.errors.NotFoundError):
         await client.download(image, tmp_path / "missing")
     assert _names(tmp_path) == []
 
@@ -123,7 +123,7 @@ async def test_an_image_of_a_running_task_is_not_found() -> None:
     async with emulator(duration=1e6) as slow, make_client(slow) as client:
         task = await client.submit("a banana cat")
         image = nb.GeneratedImage(url=f"{slow.base_url}/files/{task.id}/0.png")
-        with pytest.raises(nb.NotFoundError):
+        with pytest.raises(nb.errors.NotFoundError):
             await client.download(image)
     assert task.snapshot.status is nb.TaskStatus.RUNNING
 
@@ -140,7 +140,7 @@ async def test_downloads_never_send_the_api_key(emu: Emulator, client: nb.Client
 async def test_an_unbound_image_refuses_to_download() -> None:
     """A GeneratedImage built by hand has no client: read() raises ClientStateError."""
     image = nb.GeneratedImage(url="http://127.0.0.1:9/x.png")
-    with pytest.raises(nb.ClientStateError, match=r"client\.download"):
+    with pytest.raises(nb.errors.ClientStateError, match=r"client\.download"):
         await image.read()
 
 
@@ -159,7 +159,7 @@ async def test_a_failed_download_is_retried_under_the_retry_policy(
     fault: Fault, tmp_path: Path
 ) -> None:
     """A download failing with a 5xx, a dropped connection or a 429 is tried again, and saved."""
-    events: list[nb.RetryEvent] = []
+    events: list[nb.events.RetryEvent] = []
     async with emulator() as emu, make_client(emu) as client:
         client.add_retry_listener(events.append)
         result = await client.generate("a banana cat")

@@ -83,12 +83,12 @@ async def test_insufficient_credits_error_for_code_minus_one_on_http_200(
 
 async def test_not_found_error_for_an_unknown_task(emu: Emulator, client: nb.Client) -> None:
     """An unknown task id raises NotFoundError from get() and from an attached task, at once."""
-    with pytest.raises(nb.NotFoundError) as info:
+    with pytest.raises(nb.errors.NotFoundError) as info:
         await client.get("3-00000000-0000-4000-8000-000000000000")
     assert info.value.status == 404
     assert "task not found" in str(info.value)
     task = client.task("3-00000000-0000-4000-8000-000000000000")
-    with pytest.raises(nb.NotFoundError):
+    with pytest.raises(nb.errors.NotFoundError):
         await task.wait()
     assert task.done()
     assert _results(emu) == 2
@@ -99,7 +99,7 @@ async def test_not_found_error_for_a_task_of_another_key(emu: Emulator) -> None:
     emu.add_key("second-key")
     async with make_client(emu) as owner, make_client(emu, api_key="second-key") as stranger:
         task = await owner.submit("a banana cat")
-        with pytest.raises(nb.NotFoundError):
+        with pytest.raises(nb.errors.NotFoundError):
             await stranger.get(task.id)
         assert (await owner.get(task.id)).id == task.id
 
@@ -124,7 +124,7 @@ async def test_rate_limit_error_on_create_after_retries_run_out(emu: Emulator) -
 async def test_rate_limit_on_create_is_retried_then_succeeds(emu: Emulator) -> None:
     """A single 429 on create is retried (it never reached processing) and charges once."""
     handle = emu.faults.inject(Fault.rate_limit(retry_after=0), endpoint="create", times=1)
-    events: list[nb.RetryEvent] = []
+    events: list[nb.events.RetryEvent] = []
     async with make_client(emu) as client:
         client.add_retry_listener(events.append)
         result = await client.generate("a banana cat")
@@ -270,7 +270,7 @@ async def test_every_error_style_maps_to_the_typed_error_with_the_message(style:
                 await client.submit("a banana cat", model="nano-banana-2")
             with pytest.raises(nb.InsufficientCreditsError) as poor:
                 await client.submit("a banana cat", model="nano-banana")
-            with pytest.raises(nb.NotFoundError) as missing:
+            with pytest.raises(nb.errors.NotFoundError) as missing:
                 await client.get("3-unknown")
     assert auth.value.status == 401
     assert "invalid API key" in str(auth.value)

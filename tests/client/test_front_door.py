@@ -1,6 +1,6 @@
-"""A narrower front door (issue 19): the `DEFAULT_*` constants, the gallery, the batch event types
-and the limiter-writing types live in public submodules; their old root names still work, with a
-`DeprecationWarning` naming the new home."""
+"""A narrower front door (issue 19): the `DEFAULT_*` constants, the gallery, the batch and retry
+event types, the rarer errors, the credit types and the limiter-writing types live in public
+submodules; their old root names still work, with a `DeprecationWarning` naming the new home."""
 
 from __future__ import annotations
 
@@ -37,15 +37,60 @@ NEW_HOMES = {
         ["BatchEvent", "BatchEventKind", "BatchItem", "BatchItemStatus", "BatchSummary"],
         "nanobanana_async.events",
     ),
+    **dict.fromkeys(["RetryEvent", "SubmitHooks"], "nanobanana_async.events"),
     **dict.fromkeys(["GALLERY_NAME", "Gallery", "write_gallery"], "nanobanana_async.gallery"),
+    **dict.fromkeys(
+        [
+            "ClientClosedError",
+            "ClientStateError",
+            "DownloadError",
+            "LimiterUnavailableError",
+            "NotFoundError",
+            "PermissionDeniedError",
+            "SubmitAbandonedError",
+            "SubmitHookError",
+        ],
+        "nanobanana_async.errors",
+    ),
+    **dict.fromkeys(["CreditUsage", "MODEL_COSTS"], "nanobanana_async.credits"),
+    "ImageInput": "nanobanana_async.inputs",
     **dict.fromkeys(["BaseLimiter", "Lease", "RequestKind"], "nanobanana_async.limiters"),
 }
 
 
+#: The names DESIGN.md's "Public surface" promises at the root, and the few kept beside them.
+ROOT = {
+    "Client", "Task", "PollPolicy", "RetryPolicy", "Timeouts", "Limiter", "GenerationRequest",
+    "TaskSnapshot", "TaskStatus", "GeneratedImage", "TaskResult",
+    "NanoBananaError", "InvalidRequestError", "TransportError", "ProtocolError",
+    "SubmitUncertainError", "BudgetExceededError", "APIStatusError", "BadRequestError",
+    "AuthenticationError", "InsufficientCreditsError", "RateLimitError", "ServerError",
+    "TaskError", "TaskFailedError", "TaskTimeoutError",
+    "Batch", "run_batch", "RedisLimiter", "ModelName", "CustomModel", "AspectRatio", "ImageSize",
+}  # fmt: skip
+
+
 def test_the_root_is_narrower() -> None:
-    """The root exports at most 47 names (it had 70), none of the moved ones."""
-    assert len(nb.__all__) <= 47
+    """The root exports at most 36 names (it had 70): the design's surface, none of the moved."""
+    assert len(nb.__all__) <= 36
+    assert set(nb.__all__) == ROOT | {"__version__"}
     assert set(NEW_HOMES).isdisjoint(nb.__all__)
+
+
+def test_every_moved_name_is_listed_here() -> None:
+    """The root's table of moved names is exactly the one this test checks."""
+    assert nb._MOVED == NEW_HOMES
+
+
+def test_the_errors_module_holds_the_whole_tree() -> None:
+    """`nanobanana_async.errors` exports every error, the root's ones as the same classes."""
+    exported = {getattr(nb.errors, name) for name in nb.errors.__all__}
+    assert len(exported) == 23
+    assert all(issubclass(error, nb.NanoBananaError) for error in exported)
+    for name in nb.__all__:
+        value = getattr(nb, name)
+        if isinstance(value, type) and issubclass(value, Exception):
+            assert getattr(nb.errors, name) is value
 
 
 @pytest.mark.parametrize(("name", "home"), sorted(NEW_HOMES.items()))
@@ -65,12 +110,13 @@ def test_the_old_name_still_works_with_a_deprecation_warning(name: str, home: st
 
 
 def test_from_import_of_an_old_name_warns_and_works() -> None:
-    """`from nanobanana_async import BatchEvent` in a fresh interpreter warns and still imports."""
+    """`from nanobanana_async import BatchEvent` (or an error) in a new process warns, imports."""
     code = (
         "import warnings; warnings.simplefilter('always')\n"
-        "from nanobanana_async import BatchEvent, DEFAULT_REQUEST_TIMEOUT\n"
+        "from nanobanana_async import BatchEvent, DEFAULT_REQUEST_TIMEOUT, NotFoundError\n"
         "from nanobanana_async.events import BatchEvent as New\n"
-        "assert BatchEvent is New and DEFAULT_REQUEST_TIMEOUT == 60.0\n"
+        "from nanobanana_async.errors import NotFoundError as Moved\n"
+        "assert BatchEvent is New and DEFAULT_REQUEST_TIMEOUT == 60.0 and NotFoundError is Moved\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
@@ -78,6 +124,7 @@ def test_from_import_of_an_old_name_warns_and_works() -> None:
     assert result.returncode == 0, result.stderr
     assert "DeprecationWarning" in result.stderr
     assert "nanobanana_async.events.BatchEvent" in result.stderr
+    assert "nanobanana_async.errors.NotFoundError" in result.stderr
 
 
 def test_an_unknown_name_is_still_an_attribute_error() -> None:

@@ -23,27 +23,27 @@ async def test_a_closed_client_refuses_use(emu: Emulator) -> None:
         pass
     assert client.closed
     assert "closed=True" in repr(client)
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         await client.submit("a banana cat")
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         await client.generate("a banana cat")
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         await client.get("3-some-task")
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         client.task("3-some-task")
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         await client.map(["a banana cat"])
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         async for _ in client.as_completed(["a banana cat"]):
             pass
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         await client.download(nb.GeneratedImage(url=f"{emu.base_url}/files/x/0.png"))
-    with pytest.raises(nb.ClientClosedError):
+    with pytest.raises(nb.errors.ClientClosedError):
         async with client:
             pass
     assert emu.requests == []
     await client.aclose()  # closing twice is harmless
-    assert issubclass(nb.ClientClosedError, nb.ClientStateError)
+    assert issubclass(nb.errors.ClientClosedError, nb.errors.ClientStateError)
 
 
 async def test_close_wakes_waiters_and_iterators_with_client_closed_error() -> None:
@@ -56,14 +56,14 @@ async def test_close_wakes_waiters_and_iterators_with_client_closed_error() -> N
         async def wait() -> None:
             try:
                 await task.wait()
-            except nb.ClientClosedError as exc:
+            except nb.errors.ClientClosedError as exc:
                 woken.append(exc)
 
         async def follow() -> None:
             try:
                 async for _ in task.updates():
                     pass
-            except nb.ClientClosedError as exc:
+            except nb.errors.ClientClosedError as exc:
                 woken.append(exc)
 
         async with anyio.create_task_group() as group:
@@ -78,7 +78,7 @@ async def test_close_wakes_waiters_and_iterators_with_client_closed_error() -> N
         assert task.done()
         assert client.in_flight == 0
         assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
-        with pytest.raises(nb.ClientClosedError):
+        with pytest.raises(nb.errors.ClientClosedError):
             await task
 
 
@@ -90,14 +90,14 @@ def test_a_second_event_loop_gets_client_state_error() -> None:
         return await client.map([])
 
     async def second() -> None:
-        with pytest.raises(nb.ClientStateError) as info:
+        with pytest.raises(nb.errors.ClientStateError) as info:
             await client.get("3-some-task")
-        assert not isinstance(info.value, nb.ClientClosedError)
+        assert not isinstance(info.value, nb.errors.ClientClosedError)
         assert isinstance(info.value, RuntimeError)
         assert "event loop" in str(info.value)
-        with pytest.raises(nb.ClientStateError):
+        with pytest.raises(nb.errors.ClientStateError):
             await client.submit("a banana cat")
-        with pytest.raises(nb.ClientStateError):
+        with pytest.raises(nb.errors.ClientStateError):
             client.task("3-some-task")
 
     assert anyio.run(first) == []

@@ -53,10 +53,10 @@ async def test_awaiting_a_task_from_another_loop_is_refused(
 
     emu, client, task = asyncio.run_coroutine_threadsafe(start(), other_loop).result(30)
     try:
-        with anyio.fail_after(10), pytest.raises(nb.ClientStateError) as info:
+        with anyio.fail_after(10), pytest.raises(nb.errors.ClientStateError) as info:
             await task.wait()
         assert "event loop" in str(info.value)
-        with anyio.fail_after(10), pytest.raises(nb.ClientStateError):
+        with anyio.fail_after(10), pytest.raises(nb.errors.ClientStateError):
             async for _ in task.updates():
                 pass
     finally:
@@ -76,7 +76,7 @@ def test_under_trio_the_client_says_it_needs_asyncio() -> None:
         async with nb.Client("sk-test", base_url="http://127.0.0.1:9"):
             pass
 
-    with pytest.raises(nb.ClientStateError) as info:
+    with pytest.raises(nb.errors.ClientStateError) as info:
         anyio.run(main, backend="trio")
     assert "asyncio" in str(info.value)
 
@@ -119,7 +119,7 @@ def _closed_port() -> int:
 async def test_a_url_where_nothing_listens_fails_fast_naming_it() -> None:
     """Connection refused on a client that never connected ends after 3 tries, naming the URL."""
     url = f"http://127.0.0.1:{_closed_port()}"
-    retries: list[nb.RetryEvent] = []
+    retries: list[nb.events.RetryEvent] = []
     policy = nb.RetryPolicy(initial_backoff=0.01, jitter=False, on_retry=retries.append)
     async with nb.Client("sk-test", base_url=url, retry=policy, max_credits=100) as client:
         with pytest.raises(nb.TransportError) as info:
@@ -145,7 +145,7 @@ async def test_an_attached_task_does_not_pretend_before_its_first_poll() -> None
             assert len(result.images) == len(done.images)
             missing = client.task("3-00000000-0000-0000-0000-000000000000")
             assert missing.snapshot.status is nb.TaskStatus.UNKNOWN
-            with pytest.raises(nb.NotFoundError) as info:
+            with pytest.raises(nb.errors.NotFoundError) as info:
                 await missing.wait()
             assert info.value.task_id == missing.id
 

@@ -15,8 +15,25 @@ def _sort_key(name: str) -> tuple[bool, str]:
     return (name.startswith("_"), name.lower())
 
 
+#: The public submodules: names that are not in the root are exported by one of these.
+SUBMODULES = (
+    nb.credits,
+    nb.defaults,
+    nb.errors,
+    nb.events,
+    nb.gallery,
+    nb.inputs,
+    nb.limiters,
+)
+
+
 def _public_objects() -> dict[str, Any]:
-    return {name: getattr(nb, name) for name in nb.__all__}
+    """Every exported object, by name: the root's, then its public submodules'."""
+    found = {name: getattr(nb, name) for name in nb.__all__}
+    for module in SUBMODULES:
+        short = module.__name__.rpartition(".")[2]
+        found |= {f"{short}.{name}": getattr(module, name) for name in module.__all__}
+    return found
 
 
 def test_all_is_sorted() -> None:
@@ -79,10 +96,11 @@ def test_every_public_class_and_function_has_a_docstring() -> None:
 
 def test_error_classes_follow_the_house_style() -> None:
     """Every exported exception is a NanoBananaError, ends in Error, and says when it is raised."""
-    errors = [
+    errors = {
         v for v in _public_objects().values() if inspect.isclass(v) and issubclass(v, Exception)
-    ]
-    assert len(errors) >= 18
+    }
+    assert errors == {getattr(nb.errors, name) for name in nb.errors.__all__}
+    assert len(errors) >= 23
     for error in errors:
         assert issubclass(error, nb.NanoBananaError), error
         assert error.__name__.endswith("Error")
@@ -91,18 +109,20 @@ def test_error_classes_follow_the_house_style() -> None:
         assert (error.__doc__ or "").startswith(prefix), error.__name__
     assert issubclass(nb.InvalidRequestError, ValueError)
     assert issubclass(nb.TaskTimeoutError, TimeoutError)
-    assert issubclass(nb.ClientStateError, RuntimeError)
+    assert issubclass(nb.errors.ClientStateError, RuntimeError)
     for status_error in (
         nb.BadRequestError,
         nb.AuthenticationError,
         nb.InsufficientCreditsError,
-        nb.PermissionDeniedError,
-        nb.NotFoundError,
+        nb.errors.PermissionDeniedError,
+        nb.errors.NotFoundError,
         nb.RateLimitError,
         nb.ServerError,
     ):
         assert issubclass(status_error, nb.APIStatusError)
     assert issubclass(nb.TaskFailedError, nb.TaskError)
+    assert issubclass(nb.errors.SubmitHookError, nb.TaskError)
+    assert issubclass(nb.errors.DownloadError, nb.ProtocolError)
 
 
 def test_client_repr_reads_nanobanana_async_client() -> None:

@@ -206,13 +206,13 @@ def _raises(status: int, body: bytes | str, header: str | None = None) -> nb.Nan
         (
             403,
             {"detail": "forbidden for this key"},
-            nb.PermissionDeniedError,
+            nb.errors.PermissionDeniedError,
             "forbidden for this key",
         ),
         (
             404,
             {"success": False, "error": {"code": 404, "message": "task not found"}},
-            nb.NotFoundError,
+            nb.errors.NotFoundError,
             "task not found",
         ),
         (
@@ -374,7 +374,7 @@ def test_a_missing_id_is_filled_from_the_polled_task_id() -> None:
         ({"code": -1, "msg": "Rate limit reached, slow down"}, nb.RateLimitError),
         ({"code": -1, "msg": "Insufficient credits: top up"}, nb.InsufficientCreditsError),
         ({"code": -1, "msg": "invalid API key"}, nb.AuthenticationError),
-        ({"code": -1, "msg": "task not found"}, nb.NotFoundError),
+        ({"code": -1, "msg": "task not found"}, nb.errors.NotFoundError),
         ({"code": 500, "msg": "insufficient credits upstream"}, nb.ServerError),
     ],
 )

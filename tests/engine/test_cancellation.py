@@ -198,7 +198,7 @@ async def test_cancelling_a_submit_in_its_retry_backoff_frees_the_slot() -> None
     """A submit cancelled in its backoff before a create retry sends no more and frees its slot."""
     async with Emulator(speed=SPEED) as emu:
         emu.faults.inject(Fault.status(503), endpoint="create")
-        events: list[nb.RetryEvent] = []
+        events: list[nb.events.RetryEvent] = []
         retry = nb.RetryPolicy(initial_backoff=5.0, jitter=False, resend_on_503=True)
         async with client_for(emu, retry=retry, max_credits=1000) as client:
             client.add_retry_listener(events.append)
@@ -244,14 +244,14 @@ async def test_closing_the_client_frees_everything() -> None:
                 assert slots(client) == 3
                 await client.aclose()
             assert sorted(errors) == sorted(names)
-            assert all(isinstance(e, nb.ClientClosedError) for e in errors.values()), errors
+            assert all(isinstance(e, nb.errors.ClientClosedError) for e in errors.values()), errors
             assert client.closed
             assert client.in_flight == 0
             assert slots(client) == 0
             assert all(task.done() for task in tasks)
-            with pytest.raises(nb.ClientClosedError):
+            with pytest.raises(nb.errors.ClientClosedError):
                 await tasks[0].wait()
-            with pytest.raises(nb.ClientClosedError):
+            with pytest.raises(nb.errors.ClientClosedError):
                 await client.submit("after close")
             await client.aclose()  # twice is harmless
             await wait_for(lambda: established_to(port_of(emu)) == 0)  # no socket left
@@ -277,7 +277,8 @@ async def test_closing_the_client_during_a_create() -> None:
                 await wait_for(lambda: gate.waiting == 1)  # the create waits on the emulator
                 await client.aclose()
             assert len(outcome) == 1
-            assert isinstance(outcome[0], (nb.ClientClosedError, nb.SubmitUncertainError)), outcome
+            expected = (nb.errors.ClientClosedError, nb.SubmitUncertainError)
+            assert isinstance(outcome[0], expected), outcome
             assert slots(client) == 0
             gate.open()  # the emulator's handler then finds the connection gone, and ends
     assert_no_resource_warning()
@@ -318,7 +319,7 @@ async def test_closing_the_client_with_polls_on_the_wire() -> None:
                 await wait_for(lambda: hung.fired == 4)
             assert all(task.done() for task in tasks)
             assert slots(client) == 0
-            with pytest.raises(nb.ClientClosedError):
+            with pytest.raises(nb.errors.ClientClosedError):
                 await tasks[0].wait()
     assert_no_resource_warning()
 

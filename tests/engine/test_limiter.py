@@ -129,7 +129,7 @@ async def test_closing_one_client_frees_only_its_own_slots() -> None:
                 assert limiter.in_flight == 4
             assert limiter.in_flight == 2
             for task in dropped:
-                with pytest.raises(nb.ClientClosedError):
+                with pytest.raises(nb.errors.ClientClosedError):
                     await task.wait()
             hold.release()
             for task in kept:

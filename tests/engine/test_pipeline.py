@@ -60,11 +60,11 @@ async def test_a_vetoing_hook_abandons_the_create_unsent() -> None:
     async with Emulator(speed=SPEED) as emu:
         limiter = nb.Limiter(max_concurrency=1, max_credits=100)
         async with client_for(emu, limiter=limiter, max_credits=100) as client:
-            with pytest.raises(nb.SubmitAbandonedError) as info:
-                await client.submit("never", hooks=nb.SubmitHooks(before_send=veto))
+            with pytest.raises(nb.errors.SubmitAbandonedError) as info:
+                await client.submit("never", hooks=nb.events.SubmitHooks(before_send=veto))
             assert info.value.request.prompt == "never"
             assert seen == ["never"]
-            assert client.credits == nb.CreditUsage(budget=100)
+            assert client.credits == nb.credits.CreditUsage(budget=100)
             assert limiter.in_flight == 0
             assert limiter.committed_credits == 0
             await client.submit("the slot is free again")
@@ -84,7 +84,7 @@ async def test_hooks_see_the_create_leave_then_the_task_arrive() -> None:
 
     async with Emulator(speed=SPEED) as emu:
         async with client_for(emu, limiter=limiter) as client:
-            hooks = nb.SubmitHooks(before_send=before, on_created=created)
+            hooks = nb.events.SubmitHooks(before_send=before, on_created=created)
             task = await client.submit("hooked", hooks=hooks)
             order.append("returned")
     assert order == ["before hooked in_flight=1", f"created {task.id} cost=15", "returned"]
@@ -101,7 +101,7 @@ async def test_on_created_runs_even_when_the_caller_is_cancelled_mid_create() ->
         emu.faults.inject(Fault.delay(0.3), endpoint="create", times=1)
         async with client_for(emu) as client:
             submit = asyncio.ensure_future(
-                client.submit("late", hooks=nb.SubmitHooks(on_created=on_created))
+                client.submit("late", hooks=nb.events.SubmitHooks(on_created=on_created))
             )
             await wait_for(lambda: len(records(emu, "create")) == 1)
             submit.cancel()
@@ -217,11 +217,11 @@ async def test_aclose_wakes_every_waiting_submit_with_client_closed_error() -> N
                 await client.aclose()
                 await other.aclose()
         for job in [*waiting, paused]:
-            with pytest.raises(nb.ClientClosedError):
+            with pytest.raises(nb.errors.ClientClosedError):
                 await job
         assert client.credits.charged == 15
         assert client.credits.reserved == 0
-        assert other.credits == nb.CreditUsage(budget=1000)
+        assert other.credits == nb.credits.CreditUsage(budget=1000)
     assert emu.ledger.creates_received == 1
 
 
@@ -255,7 +255,7 @@ async def test_batch_run_raises_one_typed_error_not_a_group(tmp_path: Path) -> N
         with pytest.raises(nb.NanoBananaError) as info:
             await run
     assert not isinstance(info.value, BaseExceptionGroup)
-    assert isinstance(info.value, nb.ClientClosedError)
+    assert isinstance(info.value, nb.errors.ClientClosedError)
 
 
 # --- fan-out --------------------------------------------------------------------------------------
@@ -367,13 +367,14 @@ async def test_a_failure_at_any_step_leaks_no_slot_and_no_reservation(step: str)
     limiter = FailingAt(step)
     async with Emulator(speed=SPEED) as emu:
         async with client_for(emu, limiter=limiter, max_credits=1000) as client:
-            hooks = nb.SubmitHooks(before_send=before, on_created=created)
+            hooks = nb.events.SubmitHooks(before_send=before, on_created=created)
             if step == "settle":
                 # The create was paid for: the limiter's error is logged, the task goes on.
                 await (await client.submit("x", hooks=hooks)).wait()
             elif step == "on_created":
                 # The task is paid for: the error names it, and it stays tracked to its end.
-                with pytest.raises(nb.SubmitHookError, match="injected at on_created") as info:
+                hook_error = nb.errors.SubmitHookError
+                with pytest.raises(hook_error, match="injected at on_created") as info:
                     await client.submit("x", hooks=hooks)
                 assert isinstance(info.value.__cause__, RuntimeError)
                 await info.value.task.wait()
@@ -496,7 +497,7 @@ class SettleFails(nb.Limiter):
     """A limiter whose store fails when a create is settled."""
 
     async def settle(self, reserved: int, charged: int) -> None:
-        raise nb.LimiterUnavailableError("store unreachable")
+        raise nb.errors.LimiterUnavailableError("store unreachable")
 
 
 async def test_a_limiter_failing_to_settle_never_hides_an_uncertain_create(
@@ -531,5 +532,5 @@ async def test_a_cancelled_aclose_still_closes_everything() -> None:
             await client.aclose()
         assert limiter.in_flight == 0
         assert task.done()
-        with pytest.raises(nb.ClientClosedError):
+        with pytest.raises(nb.errors.ClientClosedError):
             await task.wait()

@@ -40,7 +40,7 @@ async def test_polls_survive_a_run_of_failures() -> None:
             Fault.rate_limit(retry_after=0.05),
         ):
             emu.faults.inject(fault, endpoint="result", times=1)
-        events: list[nb.RetryEvent] = []
+        events: list[nb.events.RetryEvent] = []
         async with client_for(emu) as client:
             client.add_retry_listener(events.append)
             task = await client.submit("stubborn")
@@ -86,7 +86,7 @@ async def test_poll_timeouts_are_retried() -> None:
         # A hung poll can never be answered in time, however slow or fast the machine is; the
         # other requests have 0.5 s each, ample for a local exchange on a loaded machine.
         slow = emu.faults.inject(Fault.hang(), endpoint="result", times=2)
-        events: list[nb.RetryEvent] = []
+        events: list[nb.events.RetryEvent] = []
         async with client_for(emu, timeouts=nb.Timeouts(request=0.5)) as client:
             client.add_retry_listener(events.append)
             result = await client.generate("slow answers")
@@ -99,7 +99,7 @@ async def test_poll_timeouts_are_retried() -> None:
 async def test_client_errors_on_poll_stop_at_once(case: str) -> None:
     """A 400, 401 or 404 on a poll ends the task with its typed error after a single poll."""
     expected: type[nb.APIStatusError] = {
-        "404": nb.NotFoundError,
+        "404": nb.errors.NotFoundError,
         "401": nb.AuthenticationError,
         "400": nb.BadRequestError,
     }[case]
@@ -123,7 +123,7 @@ async def test_get_stops_at_once_on_not_found() -> None:
     """client.get() of an unknown id raises NotFoundError after one request."""
     async with Emulator(speed=SPEED) as emu:
         async with client_for(emu) as client:
-            with pytest.raises(nb.NotFoundError):
+            with pytest.raises(nb.errors.NotFoundError):
                 await client.get(UNKNOWN_ID)
         assert len(records(emu, "result")) == 1
 

@@ -20,9 +20,9 @@ async def test_every_retry_reaches_hooks_and_the_log(caplog: pytest.LogCaptureFi
     async with Emulator(speed=SPEED, api_key="nb-secret-key-123") as emu:
         emu.faults.inject(Fault.status(503), endpoint="create", times=1)
         emu.faults.inject(Fault.status(500), endpoint="result", times=2)
-        from_policy: list[nb.RetryEvent] = []
-        first: list[nb.RetryEvent] = []
-        second: list[nb.RetryEvent] = []
+        from_policy: list[nb.events.RetryEvent] = []
+        first: list[nb.events.RetryEvent] = []
+        second: list[nb.events.RetryEvent] = []
         retry = nb.RetryPolicy(sleep=False, resend_on_503=True, on_retry=from_policy.append)
         async with client_for(emu, retry=retry) as client:
             client.add_retry_listener(first.append)
@@ -52,7 +52,7 @@ async def test_retry_event_wait_follows_the_backoff() -> None:
     """With sleeping backoff, RetryEvent.wait is the capped exponential wait actually slept."""
     async with Emulator(speed=SPEED) as emu:
         emu.faults.inject(Fault.drop_before(), endpoint="result", times=3)
-        events: list[nb.RetryEvent] = []
+        events: list[nb.events.RetryEvent] = []
         retry = nb.RetryPolicy(
             initial_backoff=0.01, max_backoff=0.03, jitter=False, on_retry=events.append
         )
@@ -67,7 +67,7 @@ async def test_rate_limit_retry_event_carries_the_hint() -> None:
     """A retry after a 429 reports a wait of at least the Retry-After hint when sleeping."""
     async with Emulator(speed=SPEED) as emu:
         emu.faults.inject(Fault.rate_limit(retry_after=0.2), endpoint="result", times=1)
-        events: list[nb.RetryEvent] = []
+        events: list[nb.events.RetryEvent] = []
         retry = nb.RetryPolicy(initial_backoff=0.01, on_retry=events.append)
         async with client_for(emu, retry=retry) as client:
             await client.generate("told to wait")

@@ -84,9 +84,9 @@ async def test_connection_refused_create_is_resent() -> None:
     """A create that found nothing listening is re-sent, and becomes exactly one task."""
     port = _free_port()
     first_retry = anyio.Event()
-    events: list[nb.RetryEvent] = []
+    events: list[nb.events.RetryEvent] = []
 
-    def on_retry(event: nb.RetryEvent) -> None:
+    def on_retry(event: nb.events.RetryEvent) -> None:
         events.append(event)
         first_retry.set()
 
@@ -152,7 +152,7 @@ async def test_create_that_may_have_arrived_is_not_resent(fault: Fault, processe
     """drop_after, 5xx or a malformed answer on create raise SubmitUncertainError, never re-sent."""
     async with Emulator(speed=SPEED) as emu:
         emu.faults.inject(fault, endpoint="create")
-        events: list[nb.RetryEvent] = []
+        events: list[nb.events.RetryEvent] = []
         async with client_for(emu) as client:
             client.add_retry_listener(events.append)
             request = nb.GenerationRequest(prompt="charged once", model="nano-banana-pro")
@@ -199,7 +199,7 @@ async def test_insufficient_credits_is_never_retried(setup: str) -> None:
             emu.set_balance(0)
         else:
             emu.faults.inject(Fault.insufficient_credits_200(), endpoint="create")
-        events: list[nb.RetryEvent] = []
+        events: list[nb.events.RetryEvent] = []
         async with client_for(emu, retry=nb.RetryPolicy(sleep=False, on_retry=events.append)) as c:
             with pytest.raises(nb.InsufficientCreditsError):
                 await c.submit("no money")

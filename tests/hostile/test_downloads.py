@@ -28,9 +28,9 @@ async def test_a_non_image_answer_is_a_download_error(fault: str, tmp_path: Path
         with anyio.fail_after(CASE_BOUND):
             result = await client.generate("a banana cat")
             server.file_plan = [fault, fault]
-            with pytest.raises(nb.DownloadError) as read:
+            with pytest.raises(nb.errors.DownloadError) as read:
                 await result.images[0].read()
-            with pytest.raises(nb.DownloadError) as saved:
+            with pytest.raises(nb.errors.DownloadError) as saved:
                 await result.images[0].save(tmp_path / "cat")
             # The link works again: the image can still be fetched later.
             assert await result.images[0].read() == PNG
@@ -46,7 +46,7 @@ async def test_an_expired_link_page_names_what_it_answered(tmp_path: Path) -> No
         with anyio.fail_after(CASE_BOUND):
             result = await client.generate("a banana cat")
             server.file_plan = ["html"]
-            with pytest.raises(nb.DownloadError) as info:
+            with pytest.raises(nb.errors.DownloadError) as info:
                 await result.images[0].save(tmp_path)
     assert info.value.content_type is not None
     assert info.value.content_type.startswith("text/html")

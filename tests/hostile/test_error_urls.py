@@ -57,7 +57,7 @@ async def test_an_empty_404_from_a_foreign_server_names_status_and_url(foreign_s
     key = "sk-secret-key-0123456789"
     retry = nb.RetryPolicy(attempts=1, sleep=False)
     async with nb.Client(key, base_url=foreign_server, retry=retry) as client:
-        with pytest.raises(nb.NotFoundError) as raised:
+        with pytest.raises(nb.errors.NotFoundError) as raised:
             await client.get("task-1")
     text = str(raised.value)
     assert text == (

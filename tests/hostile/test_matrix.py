@@ -47,7 +47,7 @@ CREATE_CASES: list[tuple[str, type[BaseException] | None, int]] = [
 ]
 
 
-def _check_error(error: BaseException, events: list[nb.RetryEvent]) -> None:
+def _check_error(error: BaseException, events: list[nb.events.RetryEvent]) -> None:
     assert_no_key(HOSTILE_KEY, *texts_of(error))
     for event in events:
         assert_no_key(HOSTILE_KEY, repr(event), *texts_of(event.cause))
@@ -58,7 +58,7 @@ async def test_a_create_fault_has_its_documented_outcome(
     fault: str, error: type[BaseException] | None, charged: int
 ) -> None:
     """A create fault raises its typed error (or gives a task), charges once at most, no key."""
-    events: list[nb.RetryEvent] = []
+    events: list[nb.events.RetryEvent] = []
     async with hostile_server() as server, hostile_client(server) as client:
         client.add_retry_listener(events.append)
         server.create_plan = [fault]
@@ -152,7 +152,7 @@ async def test_a_poll_fault_has_its_documented_outcome(
     plan: list[str], error: type[BaseException] | None
 ) -> None:
     """A poll fault is retried to the result or ends the task with its typed error; no key leaks."""
-    events: list[nb.RetryEvent] = []
+    events: list[nb.events.RetryEvent] = []
     async with hostile_server() as server, hostile_client(server) as client:
         client.add_retry_listener(events.append)
         with anyio.fail_after(CASE_BOUND):
@@ -260,7 +260,7 @@ async def test_a_session_of_every_fault_leaves_nothing_behind(tmp_path: object) 
 @pytest.mark.parametrize("fault", ["endless", "huge", "gzip-bomb"])
 async def test_an_oversized_poll_answer_is_cut_and_the_poll_retried(fault: str) -> None:
     """A poll answered without end is cut at max_reply_bytes, its connection dropped, retried."""
-    events: list[nb.RetryEvent] = []
+    events: list[nb.events.RetryEvent] = []
     async with hostile_server() as server, hostile_client(server) as client:
         client.add_retry_listener(events.append)
         with anyio.fail_after(CASE_BOUND):

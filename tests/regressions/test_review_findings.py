@@ -155,9 +155,9 @@ class StoreLimiter(nb.limiters.BaseLimiter):
 
 async def test_raising_retry_hook_does_not_orphan_the_task() -> None:
     """A RetryPolicy.on_retry hook that raises leaves the task completing and its slot released."""
-    calls: list[nb.RetryEvent] = []
+    calls: list[nb.events.RetryEvent] = []
 
-    def broken_hook(event: nb.RetryEvent) -> None:
+    def broken_hook(event: nb.events.RetryEvent) -> None:
         calls.append(event)
         raise RuntimeError("bug in the hook")
 
@@ -382,9 +382,9 @@ async def test_reading_an_image_after_aclose_raises_and_opens_no_session(tmp_pat
         async with client_for(emu) as client:
             result = await client.generate("a cat", model=FAST)
         image = result.images[0]
-        with pytest.raises(nb.ClientClosedError):
+        with pytest.raises(nb.errors.ClientClosedError):
             await image.read()
-        with pytest.raises(nb.ClientClosedError):
+        with pytest.raises(nb.errors.ClientClosedError):
             await image.save(tmp_path / "cat")
         assert client._transport._session is None
         assert os.listdir(tmp_path) == []
@@ -494,9 +494,9 @@ async def test_rate_limit_without_hint_pauses_the_key_for_the_backoff_cap() -> N
         retry = nb.RetryPolicy(initial_backoff=cap, max_backoff=cap, jitter=True)
         async with client_for(emu, retry=retry, seed=31) as client:
             paused = asyncio.Event()
-            events: list[nb.RetryEvent] = []
+            events: list[nb.events.RetryEvent] = []
 
-            def listener(event: nb.RetryEvent) -> None:
+            def listener(event: nb.events.RetryEvent) -> None:
                 events.append(event)
                 paused.set()
 
