@@ -88,6 +88,8 @@ class HostileServer:
         #: What a failed task says (tests put hostile text here).
         self.failure_reason = "error"
         self.failure_error = "failed to generate image"
+        #: Set once a ``stall-mid-body`` download has sent its first bytes.
+        self.stalled = asyncio.Event()
         self._ids = itertools.count(1)
         self._closing = asyncio.Event()
 
@@ -306,6 +308,15 @@ class HostileServer:
             return web.Response(body=b"<html><body>expired</body></html>", content_type="image/png")
         if behaviour == "empty":
             return web.Response(body=b"", content_type="image/png")
+        if behaviour == "stall-mid-body":
+            # The head of the image, then nothing until the server closes: a download in flight.
+            response = web.StreamResponse(headers={"Content-Type": "image/png"})
+            response.content_length = len(PNG)
+            await response.prepare(request)
+            await response.write(PNG[:32])
+            self.stalled.set()
+            await self._stall()
+            return response
         return web.Response(body=PNG, content_type="image/png")
 
     async def close(self) -> None:
