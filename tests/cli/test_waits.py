@@ -146,3 +146,44 @@ async def test_status_shows_its_retries(tmp_path: Path) -> None:
         )
     assert process.returncode == 0, process.stderr.decode()
     assert "retrying" in process.stderr.decode()
+
+
+@pytest.mark.parametrize("endpoint", ["create", "result"])
+async def test_a_429_pause_is_logged_at_info(
+    endpoint: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 429 with Retry-After on a create or a poll is logged at INFO, naming it and attempt 2."""
+    caplog.set_level(logging.INFO, logger="nanobanana_async")
+    async with Emulator(speed=1000, image_downscale=8) as emu:
+        fault = emu.faults.inject(Fault.rate_limit(retry_after=0.2), endpoint=endpoint, times=1)
+        retry = nb.RetryPolicy(sleep=False)
+        async with nb.Client(
+            emu.api_key, base_url=emu.base_url, poll=nb.PollPolicy(speed=1000), retry=retry
+        ) as client:
+            await client.generate("a banana cat")
+        assert fault.fired == 1
+    pauses = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.INFO and "retrying" in r.getMessage() and "429" in r.getMessage()
+    ]
+    assert len(pauses) == 1, [r.getMessage() for r in caplog.records]
+    assert "attempt 2" in pauses[0]
+
+
+async def test_status_shows_a_429_pause(tmp_path: Path) -> None:
+    """`status` answered 429 with Retry-After says on stderr that every request waits, and why."""
+    async with Emulator(speed=1000, image_downscale=8) as emu:
+        async with nb.Client(
+            emu.api_key, base_url=emu.base_url, poll=nb.PollPolicy(speed=1000)
+        ) as client:
+            task = await client.submit("a cat")
+            await task
+        emu.faults.inject(Fault.rate_limit(retry_after=0.2), endpoint="result", times=1)
+        process = await anyio.run_process(
+            [*COMMAND, "status", task.id], env=cli_env(emu), check=False
+        )
+    stderr = process.stderr.decode()
+    assert process.returncode == 0, stderr
+    assert "rate limited: every request waits" in stderr
+    assert "HTTP 429" in stderr
