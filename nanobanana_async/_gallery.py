@@ -530,7 +530,9 @@ class Gallery:
     Each `write` reads only the journal lines added since the last one and rewrites only the
     index and the pages whose items changed (or are running), so its cost follows what changed,
     not the batch's size, and the memory it keeps per item is a few small numbers, no text.
-    One-off pages: `write_gallery`. Safe to use from several threads.
+    Lines that hold no record are read in bounded pieces, skipped and counted (`skipped`, shown
+    on the page); it logs nothing, its batch warns. One-off pages: `write_gallery`. Safe to use
+    from several threads.
 
     Args:
         out_dir: The batch's output folder (image paths in the page are relative to it).
