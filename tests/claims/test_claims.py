@@ -8,6 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 import anyio
 import pytest
 from engine._helpers import SPEED, client_for, gated_emulator, held_emulator, slots, wait_for
@@ -115,33 +116,67 @@ async def test_close_in_the_turn_a_waiting_submit_gets_its_slot() -> None:
         assert emu.ledger.creates_received == 0
 
 
-async def test_close_during_the_tls_handshake_proves_nothing_was_sent() -> None:
-    """aclose() while the create's TLS handshake is unanswered is ClientClosedError, charging 0."""
+@asynccontextmanager
+async def silent_tls_server() -> AsyncIterator[str]:
+    """Yield the https URL of a server that takes a ClientHello and never answers it."""
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Takes the ClientHello and never answers: no HTTP byte can ever be written.
         try:
             await reader.read()
         finally:
             writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        client = nb.Client("nb-test", base_url=f"https://127.0.0.1:{port}")
-        submit = asyncio.ensure_future(client.submit("never sent"))
-        for _ in range(30):
-            await asyncio.sleep(0.01)
-        assert not submit.done()
-        await client.aclose()
-        with pytest.raises(nb.ClientClosedError):
-            await submit
-        assert client.credits.charged == 0
-        assert client.credits.reserved == 0
-        assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def close_during_handshake(client: nb.Client) -> BaseException:
+    """Submit, wait while the TLS handshake hangs, close the client; return what submit raised."""
+    submit = asyncio.ensure_future(client.submit("never sent"))
+    for _ in range(30):
+        await asyncio.sleep(0.01)
+    assert not submit.done()
+    await client.aclose()
+    (outcome,) = await asyncio.gather(submit, return_exceptions=True)
+    assert isinstance(outcome, BaseException)
+    return outcome
+
+
+async def test_a_given_session_with_the_trace_config_proves_nothing_was_sent() -> None:
+    """With session= made with Client.trace_config(), a close during the handshake sends nothing."""
+    async with silent_tls_server() as url:
+        async with aiohttp.ClientSession(trace_configs=[nb.Client.trace_config()]) as session:
+            client = nb.Client("nb-test", base_url=url, session=session)
+            outcome = await close_during_handshake(client)
+            assert isinstance(outcome, nb.ClientClosedError)
+            assert client.credits.charged == 0
+            assert client.credits.reserved == 0
+            assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
+
+
+async def test_a_given_session_without_the_trace_config_counts_a_create_sent_as_it_starts() -> None:
+    """Without the trace config (the documented limit), a create counts as sent once started."""
+    async with silent_tls_server() as url:
+        async with aiohttp.ClientSession() as session:
+            client = nb.Client("nb-test", base_url=url, session=session)
+            outcome = await close_during_handshake(client)
+            assert isinstance(outcome, nb.SubmitUncertainError)
+            assert client.credits.charged == 15
+
+
+async def test_close_during_the_tls_handshake_proves_nothing_was_sent() -> None:
+    """aclose() while the create's TLS handshake is unanswered is ClientClosedError, charging 0."""
+    async with silent_tls_server() as url:
+        client = nb.Client("nb-test", base_url=url)
+        outcome = await close_during_handshake(client)
+        assert isinstance(outcome, nb.ClientClosedError)
+        assert client.credits.charged == 0
+        assert client.credits.reserved == 0
+        assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
 
 
 async def test_an_uncertain_create_keeps_its_slot() -> None:
