@@ -459,10 +459,11 @@ class Transport:
         raise to abandon the request unsent). A create calls *on_write* at the moment its first
         bytes are about to be written, once the connection is open (it may raise to abandon the
         request: nothing is written then); with a session given by the caller that does not
-        carry `write_trace()`, right before the request starts. Raises aiohttp's network errors, for the caller to
-        classify, scrubbed of the key (see `scrub`). An answer over `max_reply_bytes` comes back
-        cut, as a `CappedBody` that `decode_answer` refuses: pass the body on to it as it is. The
-        body is an `Answer`: it names the request, and the errors `decode_answer` raises name it.
+        carry `write_trace()`, right before the request starts. Raises aiohttp's network errors,
+        for the caller to classify, scrubbed of the key (see `scrub`). An answer over
+        `max_reply_bytes` comes back cut, as a `CappedBody` that `decode_answer` refuses: pass the
+        body on to it as it is. The body is an `Answer`: it names the request, and the errors
+        `decode_answer` raises name it.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers

@@ -229,7 +229,8 @@ async def test_a_wait_for_an_unconfirmed_price_is_told(
         with anyio.move_on_after(0.2):
             await ledger.admit("nano-banana")
     (message,) = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
-    assert "nano-banana" in message and "confirms its price" in message
+    assert "nano-banana" in message
+    assert "confirms its price" in message
     ledger.charge(probe, "nano-banana", 15)
     with anyio.fail_after(5):
         assert await ledger.admit("nano-banana") == 15
@@ -239,7 +240,8 @@ def test_a_confirmed_documented_price_costs_no_wait() -> None:
     """Once an answer confirmed a documented price, creates of it are granted side by side."""
     ledger = CreditLedger(100)
     first = ledger.admit_nowait("nano-banana-fast")
-    assert first is not None and first.probe
+    assert first is not None
+    assert first.probe
     assert ledger.admit_nowait("nano-banana-fast") is None  # waits for the first's answer
     ledger.charge(first, "nano-banana-fast", 5)
     granted = [ledger.admit_nowait("nano-banana-fast") for _ in range(3)]
