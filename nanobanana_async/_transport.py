@@ -168,15 +168,25 @@ def keep_alive_timeout(header: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+class _WriteMark:
+    """What a create passes aiohttp as its trace context: the call that marks it written."""
+
+    __slots__ = ("on_write",)
+
+    def __init__(self, on_write: Callable[[], None]) -> None:
+        self.on_write = on_write
+
+
 async def _on_headers_sent(
     session: aiohttp.ClientSession,
     context: SimpleNamespace,
     params: aiohttp.TraceRequestHeadersSentParams,
 ) -> None:
     # Called by aiohttp right before a request's first bytes are written to an open connection.
-    on_write = context.trace_request_ctx
-    if on_write is not None:
-        on_write()
+    # Only our creates' marks: a caller's session may carry trace contexts of its own.
+    mark = context.trace_request_ctx
+    if type(mark) is _WriteMark:
+        mark.on_write()
 
 
 _WRITE_TRACE = aiohttp.TraceConfig()
@@ -500,7 +510,9 @@ class Transport:
                     # A redirected create would be re-sent (307/308) or turned into a GET
                     # (301/302) behind our back: a redirect is an answer, not an instruction.
                     allow_redirects=False,
-                    trace_request_ctx=on_write if traced else None,
+                    trace_request_ctx=(
+                        _WriteMark(on_write) if traced and on_write is not None else None
+                    ),
                 ) as response:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")

@@ -158,6 +158,14 @@ async def test_a_given_session_with_the_trace_config_proves_nothing_was_sent() -
             assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
 
 
+async def test_the_trace_config_leaves_a_sessions_own_trace_contexts_alone() -> None:
+    """A session carrying Client.trace_config() still serves the caller's own traced requests."""
+    async with Emulator(speed=SPEED) as emu:
+        async with aiohttp.ClientSession(trace_configs=[nb.Client.trace_config()]) as session:
+            async with session.get(emu.base_url, trace_request_ctx={"mine": 1}) as response:
+                assert response.status == 404
+
+
 async def test_a_given_session_without_the_trace_config_counts_a_create_sent_as_it_starts() -> None:
     """Without the trace config (the documented limit), a create counts as sent once started."""
     async with silent_tls_server() as url:
