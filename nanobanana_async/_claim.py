@@ -12,7 +12,9 @@ slot and the reservation move with the claim:
 Whoever holds the claim releases it, once: a hand-over or a release by anyone else is refused,
 so a claim can neither leak (every holder releases in a ``finally``) nor be given back twice.
 A create whose answer was lost (`SubmitUncertainError`) may be running on the server: its slot is
-held on for the model's typical longest duration (see `uncertain_hold`) before it comes back.
+held on for the model's typical longest duration (see `uncertain_hold`) before it comes back. If
+the client closes first, the limiter is asked to give it back when the hold ends
+(`BaseLimiter.release_later`); a limiter that cannot gets it back at once.
 """
 
 from __future__ import annotations
@@ -62,7 +64,16 @@ def uncertain_hold(model: str, image_size: str, *, speed: float, deadline: float
 class Claim:
     """The slot and the credit reservation of one create, held by one owner at a time."""
 
-    __slots__ = ("_ledger", "_limiter", "_owner", "_settle_later", "_spawn", "lease", "reserved")
+    __slots__ = (
+        "_held_until",
+        "_ledger",
+        "_limiter",
+        "_owner",
+        "_settle_later",
+        "_spawn",
+        "lease",
+        "reserved",
+    )
 
     def __init__(
         self,
@@ -80,6 +91,7 @@ class Claim:
         self._settle_later = settle_later
         self._spawn = spawn
         self._owner: Owner = "submit"
+        self._held_until = 0.0
 
     def __repr__(self) -> str:
         return f"Claim(owner={self._owner!r}, reserved={self.reserved}, lease={self.lease!r})"
@@ -112,16 +124,19 @@ class Claim:
     def hold(self, holder: Owner, *, seconds: float, charged: int) -> bool:
         """Settle an uncertain create as *charged* now, and give its slot back after *seconds*.
 
-        The claim passes to a background hold (renewing the lease), which the client's closing
-        ends early. Returns whether *holder* held the claim.
+        The claim passes to a background hold (renewing the lease). The client's closing ends
+        the hold early: the limiter then gives the slot back when the hold would have ended
+        (`BaseLimiter.release_later`), or at once if it cannot. Returns whether *holder* held
+        the claim.
         """
         if not self.hand_over(holder, "hold"):
             return False
         self._settle(charged)
+        self._held_until = anyio.current_time() + seconds
         if self.lease is None or seconds <= 0 or not self._spawn(self._hold_slot, seconds):
-            # Nothing to hold, or the client is closing: the slot comes back now.
-            self.hand_over("hold", "released")
-            self._give_back_slot()
+            # Nothing to hold, or the client is closing: the limiter holds the slot, or it comes
+            # back now.
+            self._end_hold()
         return True
 
     def to_task(self, holder: Owner, charged: int) -> Lease:
@@ -173,5 +188,15 @@ class Claim:
                     await self._limiter.renew(lease)
         finally:
             # The reservation was settled when the hold began: only the slot is left.
-            if self.hand_over("hold", "released"):
-                self._give_back_slot()
+            self._end_hold()
+
+    def _end_hold(self) -> None:
+        # Ended early (the client closes): the limiter keeps the slot for the rest of the hold.
+        if not self.hand_over("hold", "released"):
+            return
+        left = self._held_until - anyio.current_time()
+        lease = self.lease
+        if lease is not None and left > 0 and self._limiter.release_later(lease, left):
+            self.lease = None
+            return
+        self._give_back_slot()

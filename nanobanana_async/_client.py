@@ -60,7 +60,14 @@ from ._poller import DurationStats, PollScheduler, PollTimer
 from ._retry import Backoff
 from ._submitter import SubmitHooks, Submitter, note_abandoned
 from ._task import Task, TaskState
-from ._transport import HOPELESS_ERRORS, NETWORK_ERRORS, REQUEST_ATTEMPT, Transport, logger
+from ._transport import (
+    HOPELESS_ERRORS,
+    NETWORK_ERRORS,
+    REQUEST_ATTEMPT,
+    Transport,
+    logger,
+    write_trace,
+)
 from ._wire import RESULT_PATH, decode_answer, result_body, structure_snapshot
 
 DEFAULT_BASE_URL = "https://nanobananapro.cloud"
@@ -120,6 +127,8 @@ class Client:
         timeouts: Network timeouts and the per-task deadline.
         limiter: A `Limiter` shared with other clients of the same key.
         session: An aiohttp session to use (left open on close); by default the client makes one.
+            Make it with ``trace_configs=[Client.trace_config()]`` so that a create counts as sent
+            only once its bytes are written; without it, a create counts as sent as it starts.
         proxy: An HTTP proxy URL (proxy environment variables are honoured anyway).
         ssl: An `ssl.SSLContext`, or False to skip verification; default: system CAs.
         max_connections: Size of the HTTP connection pool.
@@ -237,6 +246,16 @@ class Client:
             f"nanobanana_async.Client(base_url={str(self._transport.base_url)!r}, "
             f"in_flight={len(self._tasks)}, closed={self._closed})"
         )
+
+    @staticmethod
+    def trace_config() -> aiohttp.TraceConfig:
+        """The trace config a session given as ``session=`` needs for creates to be told apart.
+
+        ``aiohttp.ClientSession(trace_configs=[nb.Client.trace_config()])``: with it, a create
+        that the client's closing (or a cancellation) stops before its first byte is written
+        counts as not sent (`ClientClosedError`, nothing charged) instead of uncertain.
+        """
+        return write_trace()
 
     # --- lifecycle -------------------------------------------------------------------------------
 

@@ -6,10 +6,15 @@ price is refused while a budget is set. When an answer costs more than its reser
 difference is charged at once, the reservations still in flight at that price are counted at the
 new cost, and the model is reserved at the new cost from then on: new grants stop until the books
 balance again, so that the budget is not passed by what the client grants after it learns.
+
+With a budget, a model's price (documented or given) is trusted only once an answer confirmed it
+(charged no more than the create reserved): until then one create of that model is in flight at a
+time, so that a wrong price costs at most one create's difference instead of a whole window's.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -20,6 +25,11 @@ import attrs
 
 from ._catalogue import DOCUMENTED_PRICES
 from ._errors import BudgetExceededError, InvalidRequestError
+
+logger = logging.getLogger("nanobanana_async")
+
+#: A wait longer than this is told at INFO level, with its reason (seconds).
+TOLD_WAIT = 2.0
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -166,9 +176,10 @@ class CreditLedger:
             {**DOCUMENTED_PRICES, **check_prices(prices)}
         )
         self._priced_only = budget is not None or shared_budget
-        self._given = frozenset(check_prices(prices))
         self._learned: dict[str, int] = {}
-        # Models whose given price a create in flight is checking, and the event it sets.
+        # Models whose price an answer confirmed (it charged no more than the create reserved).
+        self._confirmed: set[str] = set()
+        # Models whose price a create in flight is checking, and the event it sets.
         self._probes: dict[str, anyio.Event] = {}
 
     @property
@@ -223,24 +234,39 @@ class CreditLedger:
         return cost
 
     def _unconfirmed(self, model: str) -> bool:
-        # A price the user gave is trusted for the budget only once an answer has confirmed it.
-        return self._priced_only and model in self._given and model not in self._learned
+        # With a budget, a price (documented or given) is trusted once an answer confirmed it.
+        return self._priced_only and model not in self._confirmed
 
     async def admit(self, model: str) -> Reservation:
         """Reserve a create of *model* like `reserve`, first waiting while its price is checked.
 
-        With a budget, the first create of a model whose price was given (not yet confirmed by
-        an answer) runs alone: the others wait for its answer, so a wrong price costs at most one
-        create's difference instead of a whole window's.
+        With a budget, a create of a model whose price no answer has confirmed yet runs alone:
+        the others wait for its answer, so a wrong price (documented or given) costs at most one
+        create's difference instead of a whole window's. A wait over `TOLD_WAIT` seconds is
+        logged at INFO level.
         """
-        while self._unconfirmed(model) and model in self._probes:
-            await self._probes[model].wait()
+        told = False
+        while self._unconfirmed(model) and (probe := self._probes.get(model)) is not None:
+            if told:
+                await probe.wait()
+                continue
+            with anyio.move_on_after(TOLD_WAIT):
+                await probe.wait()
+            if not probe.is_set():
+                told = True
+                logger.info(
+                    "a create of %s waits for the answer to another create of it: with a budget "
+                    "set, one create of a model runs at a time until an answer confirms its "
+                    "price (%s credits)",
+                    model,
+                    self.cost_of(model),
+                )
         reservation = self.admit_nowait(model)
         assert reservation is not None  # no await since the check: no probe started meanwhile
         return reservation
 
     def admit_nowait(self, model: str) -> Reservation | None:
-        """`admit` at once, or return None while another create checks *model*'s given price."""
+        """`admit` at once, or return None while another create checks *model*'s price."""
         probe = self._unconfirmed(model)
         if probe and model in self._probes:
             return None
@@ -264,7 +290,8 @@ class CreditLedger:
         """Turn a reservation into a charge of *actual* (or the expected amount if not told).
 
         An answer dearer than its reservation is charged in full, and the other creates in
-        flight at that amount are expected to cost as much.
+        flight at that amount are expected to cost as much. An answer no dearer than its
+        reservation confirms the model's price; a dearer one takes the confirmation back.
         """
         expected = self._open.close(reserved)
         cost = expected if actual is None else actual
@@ -272,6 +299,10 @@ class CreditLedger:
             if actual > self._learned.get(model, -1):
                 self._learned[model] = actual
             self._open.cost_more(reserved, actual)
+            if actual <= reserved:
+                self._confirmed.add(model)
+            else:
+                self._confirmed.discard(model)
         self.charged += cost
         self._closed(reserved)
         return cost

@@ -138,6 +138,7 @@ async def _guarded(func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -
 
 
 async def _shielded(func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+    # Shielded: a shared limiter must hear of a give-back even while the client closes (bounded).
     with anyio.move_on_after(SETTLE_GRACE, shield=True) as scope:
         await _guarded(func, args)
     if scope.cancelled_caught:

@@ -88,6 +88,16 @@ class BaseLimiter(abc.ABC):
         """
         return False
 
+    def release_later(self, lease: Lease, seconds: float) -> bool:
+        """Take charge of giving *lease* back after *seconds*, with no task; False: not done.
+
+        A closing client calls this for a slot it still holds for a create whose answer was lost
+        (the generation may still run on the server): the limiter keeps the slot taken until the
+        hold ends, although the client is gone. The default returns False, and the client gives
+        the slot back at once.
+        """
+        return False
+
     async def renew(self, lease: Lease) -> None:  # noqa: B027 - optional for in-process limiters
         """Keep a lease alive (stores whose leases expire need this); a no-op by default."""
 
@@ -245,6 +255,20 @@ class Limiter(BaseLimiter):
         if type(self).release is not Limiter.release:
             return False
         self._give_back(lease)
+        return True
+
+    def release_later(self, lease: Lease, seconds: float) -> bool:
+        """Give *lease* back after *seconds*, by an event-loop timer (no task); see `BaseLimiter`.
+
+        False (nothing done) when a subclass overrides `release`, or outside an event loop.
+        """
+        if type(self).release is not Limiter.release or lease.token not in self._held:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        loop.call_later(max(seconds, 0.0), self._give_back, lease)
         return True
 
     def _give_back(self, lease: Lease) -> None:

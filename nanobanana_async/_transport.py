@@ -168,20 +168,40 @@ def keep_alive_timeout(header: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+class _WriteMark:
+    """What a create passes aiohttp as its trace context: the call that marks it written."""
+
+    __slots__ = ("on_write",)
+
+    def __init__(self, on_write: Callable[[], None]) -> None:
+        self.on_write = on_write
+
+
 async def _on_headers_sent(
     session: aiohttp.ClientSession,
     context: SimpleNamespace,
     params: aiohttp.TraceRequestHeadersSentParams,
 ) -> None:
     # Called by aiohttp right before a request's first bytes are written to an open connection.
-    on_write = context.trace_request_ctx
-    if on_write is not None:
-        on_write()
+    # Only our creates' marks: a caller's session may carry trace contexts of its own.
+    mark = context.trace_request_ctx
+    if type(mark) is _WriteMark:
+        mark.on_write()
 
 
 _WRITE_TRACE = aiohttp.TraceConfig()
 _WRITE_TRACE.on_request_headers_sent.append(_on_headers_sent)
 _WRITE_TRACE.freeze()
+
+
+def write_trace() -> aiohttp.TraceConfig:
+    """The aiohttp trace config that tells a client when a create's first bytes are written.
+
+    A session given to `Client(session=...)` that carries it (``aiohttp.ClientSession(
+    trace_configs=[write_trace()])``) lets a create count as sent only once its bytes are written,
+    as with the client's own sessions. One shared, frozen object.
+    """
+    return _WRITE_TRACE
 
 
 def describe(exc: BaseException) -> str:
@@ -268,6 +288,11 @@ class Transport:
         self.max_connections = max_connections
         self._session = session
         self._owns_session = session is None
+        # A caller's session tells us when a create's bytes are written only if it carries our
+        # trace config (see `write_trace`); without it, a create counts as sent as it starts.
+        self._write_traced = session is None or any(
+            config is _WRITE_TRACE for config in session.trace_configs
+        )
         self._create_session: aiohttp.ClientSession | None = None
         self._proxy = proxy
         self._ssl = ssl
@@ -443,11 +468,12 @@ class Transport:
         the slot held, so no request slips out during a pause), then awaits *before_send* (it may
         raise to abandon the request unsent). A create calls *on_write* at the moment its first
         bytes are about to be written, once the connection is open (it may raise to abandon the
-        request: nothing is written then); with a session given by the caller, which has no such
-        hook, right before the request starts. Raises aiohttp's network errors, for the caller to
-        classify, scrubbed of the key (see `scrub`). An answer over `max_reply_bytes` comes back
-        cut, as a `CappedBody` that `decode_answer` refuses: pass the body on to it as it is. The
-        body is an `Answer`: it names the request, and the errors `decode_answer` raises name it.
+        request: nothing is written then); with a session given by the caller that does not
+        carry `write_trace()`, right before the request starts. Raises aiohttp's network errors,
+        for the caller to classify, scrubbed of the key (see `scrub`). An answer over
+        `max_reply_bytes` comes back cut, as a `CappedBody` that `decode_answer` refuses: pass the
+        body on to it as it is. The body is an `Answer`: it names the request, and the errors
+        `decode_answer` raises name it.
         """
         url = self.url(path)
         headers = self._auth if json_body is None else self._json_headers
@@ -471,7 +497,7 @@ class Transport:
                 attempt,
                 self._timeout,
             )
-            traced = kind == "create" and self._owns_session
+            traced = kind == "create" and self._write_traced
             if on_write is not None and not traced:
                 on_write()
             try:
@@ -484,13 +510,19 @@ class Transport:
                     # A redirected create would be re-sent (307/308) or turned into a GET
                     # (301/302) behind our back: a redirect is an answer, not an instruction.
                     allow_redirects=False,
-                    trace_request_ctx=on_write if traced else None,
+                    trace_request_ctx=(
+                        _WriteMark(on_write) if traced and on_write is not None else None
+                    ),
                 ) as response:
                     status = response.status
                     retry_after = response.headers.get("Retry-After")
                     self.answered = True
                     body = await self._read_capped(response, self.source(url))
-                    if traced and not self._keep_alive_fits(response):
+                    if (
+                        kind == "create"
+                        and self._owns_session
+                        and not self._keep_alive_fits(response)
+                    ):
                         # The server closes idle connections sooner than we would reuse them.
                         response.close()
             except NETWORK_ERRORS as exc:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 import anyio
 import pytest
 from engine._helpers import SPEED, client_for, gated_emulator, held_emulator, slots, wait_for
@@ -17,18 +19,28 @@ from nanobanana_async.testing import Emulator, Fault
 pytestmark = pytest.mark.anyio
 
 
+def _serves_the_emulator(task: asyncio.Task[object]) -> bool:
+    """Whether *task* is the emulator's side of a connection (aiohttp's server or the emulator)."""
+    if task.get_name().startswith("emulator-"):
+        return True
+    code = getattr(task.get_coro(), "cr_code", None)
+    filename = "" if code is None else code.co_filename.replace(os.sep, "/")
+    return "/aiohttp/web_" in filename or "/nanobanana_async/testing/" in filename
+
+
 @asynccontextmanager
 async def no_task_survives() -> AsyncIterator[None]:
     """Fail unless every asyncio task started inside the block has ended when it exits."""
     before = asyncio.all_tasks()
     yield
-    # The emulator's own handlers may still be noticing closed sockets: only ours count.
+    # Every task started in the block counts (the client's host, its anyio group's tasks, raw
+    # tasks), except the emulator's handlers, which may still be noticing closed sockets.
     left = {
         task
         for task in asyncio.all_tasks() - before
-        if not task.done() and "nanobanana" in repr(task.get_coro())
+        if not task.done() and not _serves_the_emulator(task)
     }
-    assert not left, f"tasks outlived aclose(): {left!r}"
+    assert not left, f"tasks outlived aclose(): {sorted(task.get_name() for task in left)}"
 
 
 async def test_no_task_outlives_a_normal_close() -> None:
@@ -63,9 +75,10 @@ async def test_no_task_outlives_a_close_during_a_pause() -> None:
         async with no_task_survives():
             client = client_for(emu)
             submit = asyncio.ensure_future(client.submit("paused"))
-            await wait_for(lambda: len(emu.requests) == 1)
+            # The 429 was read (not merely received by the server): the key is paused.
+            await wait_for(lambda: client.limiter._paused_until > 0)  # type: ignore[attr-defined]
             await client.aclose()
-            with pytest.raises(nb.ClientClosedError):
+            with pytest.raises(nb.errors.ClientClosedError):
                 await submit
         assert client.credits.reserved == 0
 
@@ -96,40 +109,82 @@ async def test_close_in_the_turn_a_waiting_submit_gets_its_slot() -> None:
         await wait_for(lambda: limiter._slots.statistics().tasks_waiting == 1)
         assert limiter.release_nowait(lease)
         await client.aclose()  # in the same turn: no await between the two
-        with pytest.raises(nb.ClientClosedError):
+        with pytest.raises(nb.errors.ClientClosedError):
             await submit
         assert limiter.in_flight == 0
         assert limiter.committed_credits == 0
         assert emu.ledger.creates_received == 0
 
 
-async def test_close_during_the_tls_handshake_proves_nothing_was_sent() -> None:
-    """aclose() while the create's TLS handshake is unanswered is ClientClosedError, charging 0."""
+@asynccontextmanager
+async def silent_tls_server() -> AsyncIterator[str]:
+    """Yield the https URL of a server that takes a ClientHello and never answers it."""
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Takes the ClientHello and never answers: no HTTP byte can ever be written.
         try:
             await reader.read()
         finally:
             writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        client = nb.Client("nb-test", base_url=f"https://127.0.0.1:{port}")
-        submit = asyncio.ensure_future(client.submit("never sent"))
-        for _ in range(30):
-            await asyncio.sleep(0.01)
-        assert not submit.done()
-        await client.aclose()
-        with pytest.raises(nb.ClientClosedError):
-            await submit
-        assert client.credits.charged == 0
-        assert client.credits.reserved == 0
-        assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
+        yield f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def close_during_handshake(client: nb.Client) -> BaseException:
+    """Submit, wait while the TLS handshake hangs, close the client; return what submit raised."""
+    submit = asyncio.ensure_future(client.submit("never sent"))
+    for _ in range(30):
+        await asyncio.sleep(0.01)
+    assert not submit.done()
+    await client.aclose()
+    (outcome,) = await asyncio.gather(submit, return_exceptions=True)
+    assert isinstance(outcome, BaseException)
+    return outcome
+
+
+async def test_a_given_session_with_the_trace_config_proves_nothing_was_sent() -> None:
+    """With session= made with Client.trace_config(), a close during the handshake sends nothing."""
+    async with silent_tls_server() as url:
+        async with aiohttp.ClientSession(trace_configs=[nb.Client.trace_config()]) as session:
+            client = nb.Client("nb-test", base_url=url, session=session)
+            outcome = await close_during_handshake(client)
+            assert isinstance(outcome, nb.errors.ClientClosedError)
+            assert client.credits.charged == 0
+            assert client.credits.reserved == 0
+            assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
+
+
+async def test_the_trace_config_leaves_a_sessions_own_trace_contexts_alone() -> None:
+    """A session carrying Client.trace_config() still serves the caller's own traced requests."""
+    async with Emulator(speed=SPEED) as emu:
+        async with aiohttp.ClientSession(trace_configs=[nb.Client.trace_config()]) as session:
+            async with session.get(emu.base_url, trace_request_ctx={"mine": 1}) as response:
+                assert response.status == 404
+
+
+async def test_a_given_session_without_the_trace_config_counts_a_create_sent_as_it_starts() -> None:
+    """Without the trace config (the documented limit), a create counts as sent once started."""
+    async with silent_tls_server() as url:
+        async with aiohttp.ClientSession() as session:
+            client = nb.Client("nb-test", base_url=url, session=session)
+            outcome = await close_during_handshake(client)
+            assert isinstance(outcome, nb.SubmitUncertainError)
+            assert client.credits.charged == 15
+
+
+async def test_close_during_the_tls_handshake_proves_nothing_was_sent() -> None:
+    """aclose() while the create's TLS handshake is unanswered is ClientClosedError, charging 0."""
+    async with silent_tls_server() as url:
+        client = nb.Client("nb-test", base_url=url)
+        outcome = await close_during_handshake(client)
+        assert isinstance(outcome, nb.errors.ClientClosedError)
+        assert client.credits.charged == 0
+        assert client.credits.reserved == 0
+        assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
 
 
 async def test_an_uncertain_create_keeps_its_slot() -> None:
@@ -149,7 +204,32 @@ async def test_an_uncertain_create_keeps_its_slot() -> None:
             assert emu.ledger.creates_received == 1
             second.cancel()
             await asyncio.gather(second, return_exceptions=True)
-        assert client.limiter.in_flight == 0  # type: ignore[attr-defined]
+        # Closed within the hold: the limiter keeps the slot until the hold ends.
+        assert client.limiter.in_flight == 1  # type: ignore[attr-defined]
+
+
+async def test_a_held_slot_stays_held_in_a_shared_limiter_after_its_client_closes() -> None:
+    """A client closed during an uncertain create's hold leaves the slot taken until the hold
+    ends, so another client of the same Limiter cannot run a second generation meanwhile."""
+    limiter = nb.Limiter(max_concurrency=1)
+    # Speed 10: nano-banana's hold is 20 / 10 = 2 s; the emulated generation lasts 10 / 10 = 1 s.
+    async with Emulator(speed=10.0, duration=10.0, credits=None) as emu:
+        emu.faults.inject(Fault.drop_after(), endpoint="create", times=1)
+        first = client_for(emu, speed=10.0, limiter=limiter)
+        with pytest.raises(nb.SubmitUncertainError):
+            await first.submit("lost answer", model="nano-banana")
+        await first.aclose()
+        assert limiter.in_flight == 1  # the limiter holds the slot for the rest of the hold
+        async with client_for(emu, speed=10.0, limiter=limiter) as second:
+            submit = asyncio.ensure_future(second.submit("must wait", model="nano-banana"))
+            await wait_for(lambda: limiter._slots.statistics().tasks_waiting == 1)
+            assert emu.ledger.creates_received == 1
+            with anyio.fail_after(30):
+                task = await submit  # the hold ends: the slot comes back to the limiter
+            assert limiter.in_flight == 1
+            await task.wait(timeout=30)
+        assert emu.ledger.max_running == 1
+        assert limiter.in_flight == 0
 
 
 async def test_the_hold_of_an_uncertain_slot_follows_the_model() -> None:
@@ -170,8 +250,8 @@ async def test_a_failing_on_created_hook_keeps_the_task_id() -> None:
 
     async with held_emulator() as (emu, hold):
         async with client_for(emu) as client:
-            hooks = nb.SubmitHooks(on_created=disk_full)
-            with pytest.raises(nb.SubmitHookError) as info:
+            hooks = nb.events.SubmitHooks(on_created=disk_full)
+            with pytest.raises(nb.errors.SubmitHookError) as info:
                 await client.submit("paid", hooks=hooks)
             error = info.value
             assert error.task_id is not None

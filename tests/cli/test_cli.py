@@ -16,7 +16,7 @@ from anyio.streams.text import TextReceiveStream
 
 import nanobanana_async as nb
 from nanobanana_async.cli import main
-from nanobanana_async.testing import Emulator
+from nanobanana_async.testing import Emulator, Fault
 
 from ._helpers import (
     COMMAND,
@@ -295,6 +295,18 @@ async def test_generate_json_and_a_failed_task(tmp_path: Path) -> None:
     failed = json_lines(out(bad))[-1]
     assert failed["status"] == "failed"
     assert failed["failure_reason"] == "output_moderation"
+
+
+async def test_generate_names_a_paid_task_it_could_not_follow(tmp_path: Path) -> None:
+    """An error that ends a paid task's polling prints its id and the `nanobanana wait` line."""
+    async with Emulator(speed=1000, image_downscale=8) as emu:
+        # Every poll is refused (403, not retried): the task runs on, the command cannot follow it.
+        emu.faults.inject(Fault.status(403), endpoint="result")
+        result = await run_cli("generate", "cat", env=cli_env(emu), cwd=tmp_path)
+        (task_id,) = emu.tasks
+    assert result.returncode != 0
+    assert f"nanobanana: task {task_id} may still run" in err(result)
+    assert f"nanobanana wait {task_id} --out PATH" in err(result)
 
 
 async def test_status_and_wait_follow_a_task_submitted_elsewhere(tmp_path: Path) -> None:

@@ -279,7 +279,8 @@ async def test_closing_the_client_during_a_create() -> None:
             assert len(outcome) == 1
             expected = (nb.errors.ClientClosedError, nb.SubmitUncertainError)
             assert isinstance(outcome[0], expected), outcome
-            assert slots(client) == 0
+            # An uncertain create's slot stays with the limiter for the rest of its hold (20 ms).
+            await wait_for(lambda: slots(client) == 0)
             gate.open()  # the emulator's handler then finds the connection gone, and ends
     assert_no_resource_warning()
 

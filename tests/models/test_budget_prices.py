@@ -31,9 +31,9 @@ def make_client(emu: Emulator, **options: Any) -> nb.Client:
 
 def test_model_costs_is_read_only() -> None:
     """MODEL_COSTS keeps its name and documented prices, and cannot be changed in place."""
-    assert dict(nb.MODEL_COSTS) == {"nano-banana-fast": 5, "nano-banana": 15, "nano-banana-pro": 20}
+    assert dict(nb.credits.MODEL_COSTS) == {"nano-banana-fast": 5, "nano-banana": 15, "nano-banana-pro": 20}
     with pytest.raises(TypeError):
-        nb.MODEL_COSTS["nano-banana"] = 1  # type: ignore[index]
+        nb.credits.MODEL_COSTS["nano-banana"] = 1  # type: ignore[index]
 
 
 def test_a_budget_refuses_a_model_without_a_price() -> None:
@@ -194,3 +194,56 @@ async def test_a_confirmed_price_lets_creates_run_side_by_side() -> None:
         second, third = await ledger.admit(NEW), await ledger.admit(NEW)
     assert (second, third) == (20, 20)
     assert ledger.usage().reserved == 40
+
+
+async def test_a_wrong_documented_price_costs_one_create_not_a_window() -> None:
+    """Five creates at once of nano-banana (documented 15) that costs 60, budget 100: only 60."""
+    async with Emulator(speed=SPEED, models={"nano-banana": 60}, credits=None) as emu:
+        async with make_client(emu, max_credits=100) as client:
+            refused: list[nb.BudgetExceededError] = []
+
+            async def one() -> None:
+                try:
+                    await client.submit("a cat", model="nano-banana")
+                except nb.BudgetExceededError as exc:
+                    refused.append(exc)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(5):
+                    group.start_soon(one)
+            assert len(refused) == 4
+            assert client.credits.charged == 60
+        assert emu.ledger.credits_charged == 60 <= 100
+
+
+async def test_a_wait_for_an_unconfirmed_price_is_told(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create that waits past TOLD_WAIT for another to confirm its model's price says so."""
+    from nanobanana_async import _credits
+
+    monkeypatch.setattr(_credits, "TOLD_WAIT", 0.01)
+    ledger = CreditLedger(100)
+    probe = await ledger.admit("nano-banana")
+    with caplog.at_level("INFO", logger="nanobanana_async"):
+        with anyio.move_on_after(0.2):
+            await ledger.admit("nano-banana")
+    (message,) = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert "nano-banana" in message
+    assert "confirms its price" in message
+    ledger.charge(probe, "nano-banana", 15)
+    with anyio.fail_after(5):
+        assert await ledger.admit("nano-banana") == 15
+
+
+def test_a_confirmed_documented_price_costs_no_wait() -> None:
+    """Once an answer confirmed a documented price, creates of it are granted side by side."""
+    ledger = CreditLedger(100)
+    first = ledger.admit_nowait("nano-banana-fast")
+    assert first is not None
+    assert first.probe
+    assert ledger.admit_nowait("nano-banana-fast") is None  # waits for the first's answer
+    ledger.charge(first, "nano-banana-fast", 5)
+    granted = [ledger.admit_nowait("nano-banana-fast") for _ in range(3)]
+    assert granted == [5, 5, 5]
+    assert not any(g.probe for g in granted if g is not None)

@@ -21,7 +21,7 @@ PACKAGE = Path(nb.__file__).parent
 
 def test_the_client_cli_emulator_and_types_share_one_list() -> None:
     """MODEL_COSTS, the CLI's known models, the emulator's and the typed names are one list."""
-    assert dict(nb.MODEL_COSTS) == dict(_catalogue.DOCUMENTED_PRICES)
+    assert dict(nb.credits.MODEL_COSTS) == dict(_catalogue.DOCUMENTED_PRICES)
     assert dict(_emulator.DOCUMENTED_MODELS) == dict(_catalogue.DOCUMENTED_PRICES)
     assert set(KNOWN_MODELS) == set(_catalogue.DOCUMENTED_PRICES)
     assert set(get_args(KnownModel)) == set(_catalogue.DOCUMENTED_PRICES)
