@@ -291,11 +291,15 @@ class CreditLedger:
 
         An answer dearer than its reservation is charged in full, and the other creates in
         flight at that amount are expected to cost as much. An answer no dearer than its
-        reservation confirms the model's price; a dearer one takes the confirmation back.
+        reservation confirms the model's price; a dearer one takes the confirmation back. An
+        answer that tells no cost confirms the price too: no later answer would tell more, and
+        creates of that model must not stay one at a time for ever.
         """
         expected = self._open.close(reserved)
         cost = expected if actual is None else actual
-        if actual is not None:
+        if actual is None:
+            self._confirmed.add(model)
+        else:
             if actual > self._learned.get(model, -1):
                 self._learned[model] = actual
             self._open.cost_more(reserved, actual)

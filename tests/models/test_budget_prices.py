@@ -247,3 +247,16 @@ def test_a_confirmed_documented_price_costs_no_wait() -> None:
     granted = [ledger.admit_nowait("nano-banana-fast") for _ in range(3)]
     assert granted == [5, 5, 5]
     assert not any(g.probe for g in granted if g is not None)
+
+
+def test_an_answer_without_a_cost_does_not_keep_creates_one_at_a_time() -> None:
+    """A server that tells no credits_cost confirms the price, so creates of the model run side by side."""
+    ledger = CreditLedger(100)
+    first = ledger.admit_nowait("nano-banana")
+    assert first is not None
+    assert first.probe
+    assert ledger.admit_nowait("nano-banana") is None  # waits for the first's answer
+    assert ledger.charge(first, "nano-banana", None) == 15  # charged at the price it reserved
+    granted = [ledger.admit_nowait("nano-banana") for _ in range(3)]
+    assert granted == [15, 15, 15]
+    assert not any(g.probe for g in granted if g is not None)
