@@ -31,7 +31,8 @@ def make_client(emu: Emulator, **options: Any) -> nb.Client:
 
 def test_model_costs_is_read_only() -> None:
     """MODEL_COSTS keeps its name and documented prices, and cannot be changed in place."""
-    assert dict(nb.credits.MODEL_COSTS) == {"nano-banana-fast": 5, "nano-banana": 15, "nano-banana-pro": 20}
+    documented = {"nano-banana-fast": 5, "nano-banana": 15, "nano-banana-pro": 20}
+    assert dict(nb.credits.MODEL_COSTS) == documented
     with pytest.raises(TypeError):
         nb.credits.MODEL_COSTS["nano-banana"] = 1  # type: ignore[index]
 
@@ -250,7 +251,7 @@ def test_a_confirmed_documented_price_costs_no_wait() -> None:
 
 
 def test_an_answer_without_a_cost_does_not_keep_creates_one_at_a_time() -> None:
-    """A server that tells no credits_cost confirms the price, so creates of the model run side by side."""
+    """An answer without credits_cost confirms the price: creates of the model run side by side."""
     ledger = CreditLedger(100)
     first = ledger.admit_nowait("nano-banana")
     assert first is not None
