@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tempfile
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio
-from _redis_support import free_port
+from _redis_support import REQUIRE_ENV, free_port
 
 import nanobanana_async as nb
 
@@ -33,7 +34,10 @@ def cluster_ports() -> Iterator[list[int]]:
     server = shutil.which("redis-server")
     cli = shutil.which("redis-cli")
     if server is None or cli is None:
-        pytest.skip("redis-server and redis-cli are needed for the cluster test")
+        message = "redis-server and redis-cli are needed for the cluster test"
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{message}; {REQUIRE_ENV} is set, so it must not be skipped")
+        pytest.skip(message)
     ports = [_cluster_port() for _ in range(3)]
     processes = []
     with tempfile.TemporaryDirectory(prefix="nb-cluster-") as directory:
