@@ -66,20 +66,82 @@ async def test_a_task_costs_at_most_two_round_trips(redis_server: RedisServer) -
         assert limiter.requests_sent - sent <= 2 * 20
 
 
-async def test_a_renewal_never_brings_back_a_released_lease(redis_server: RedisServer) -> None:
-    """A renewal of a lease released meanwhile (a late keeper) does not put it back in Redis."""
+def _gate(
+    limiter: nb.RedisLimiter, script: str, token: str
+) -> tuple[asyncio.Event, asyncio.Event, asyncio.Event]:
+    """Hold the first run of *script* naming *token* before it is sent to Redis.
+
+    Returns (reached, gate, done): set when the run is held, to set to let it go, set when its
+    answer came back.
+    """
+    reached, gate, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    store = limiter._store
+    original = store.run
+
+    async def run(name: str, args: Any, keys: Any = None) -> Any:
+        if name != script or token not in args or reached.is_set():
+            return await original(name, args, keys)
+        reached.set()
+        await gate.wait()
+        try:
+            return await original(name, args, keys)
+        finally:
+            done.set()
+
+    store.run = run  # type: ignore[method-assign]
+    return reached, gate, done
+
+
+async def test_a_renewal_never_brings_back_a_released_lease(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keeper's renewal of a lease released after its snapshot (a late renewal) leaves it gone."""
     name = _name()
+    caplog.set_level(logging.WARNING, logger="nanobanana_async")
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=1, lease_seconds=3.0
+        ) as limiter:
+            lease = await limiter.acquire()
+            reached, gate, done = _gate(limiter, "renew", lease.token)
+            # The keeper's own loop picks the lease (its snapshot) and is held before Redis.
+            await asyncio.wait_for(reached.wait(), 30)
+            await limiter.release(lease)  # the release reaches Redis first
+            assert await raw.zscore(f"nanobanana:{{{name}}}:leases", lease.token) is None
+            gate.set()
+            await asyncio.wait_for(done.wait(), 30)  # then the late renewal runs
+            assert await raw.zscore(f"nanobanana:{{{name}}}:leases", lease.token) is None
+            assert await raw.zcard(f"nanobanana:{{{name}}}:leases") == 0
+        assert not [r for r in caplog.records if "lapsed" in r.getMessage()]
+    finally:
+        await raw.aclose()
+
+
+async def test_a_reassertion_never_brings_back_a_released_lease(
+    redis_server: RedisServer,
+) -> None:
+    """A re-assertion after a flush, sent before a release that reached Redis first, frees it."""
+    name = _name()
+    leases = f"nanobanana:{{{name}}}:leases"
     raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         async with nb.RedisLimiter(
             redis_server.url, name=name, max_concurrency=1, lease_seconds=60.0
         ) as limiter:
             lease = await limiter.acquire()
-            await limiter.release(lease)
-            await limiter._keeper.renew([lease.token])  # the keeper's late renewal
-            assert await raw.zcard(f"nanobanana:{{{name}}}:leases") == 0
-            again = await asyncio.wait_for(limiter.acquire(), 20)
-            await limiter.release(again)
+            reached, gate, done = _gate(limiter, "reassert", lease.token)
+            for key in await raw.keys(f"nanobanana:{{{name}}}:*"):
+                await raw.delete(key)  # the store is lost (a flush of this name)
+            # The next call finds a new epoch: the re-assertion of the lease is held on its way.
+            check = asyncio.ensure_future(limiter.ready("poll"))
+            await asyncio.wait_for(reached.wait(), 30)
+            await limiter.release(lease)  # the release reaches Redis first
+            gate.set()
+            await asyncio.wait_for(done.wait(), 30)  # then the re-assertion runs
+            await asyncio.wait_for(check, 30)
+            assert await raw.zscore(leases, lease.token) is None
+            assert await raw.zcard(leases) == 0
     finally:
         await raw.aclose()
 
@@ -117,15 +179,29 @@ async def test_an_older_snapshot_restored_is_a_new_store(own_redis_server: Redis
 
 
 async def test_a_new_names_first_create_goes_out_at_once(redis_server: RedisServer) -> None:
-    """A new name's first create leaves long before one lease time (60 s) with a budget."""
-    async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=1.0) as emu:
-        async with nb.RedisLimiter(
-            redis_server.url, name=_name(), max_concurrency=2, lease_seconds=60.0, max_credits=100
-        ) as limiter:
-            async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter) as client:
-                task = await asyncio.wait_for(client.submit("a", model="nano-banana-fast"), 20)
-                assert task.id
-        assert emu.ledger.creates_received == 1
+    """A new name grants its first slot and reservation in under 1 s, with no grace at all."""
+    name = _name()
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=1.0) as emu:
+            async with nb.RedisLimiter(
+                redis_server.url, name=name, max_concurrency=2, lease_seconds=60.0, max_credits=100
+            ) as limiter:
+                started = time.monotonic()
+                lease = await asyncio.wait_for(limiter.acquire(), 20)
+                await asyncio.wait_for(limiter.reserve(1), 20)
+                granted = time.monotonic() - started
+                # The structural fact (a load cannot change it): the new store set no grace.
+                assert await raw.hget(f"nanobanana:{{{name}}}:meta", "grace") == "0"
+                assert granted < 1.0  # two local round trips, and no wait of any kind
+                await limiter.settle(1, 0)
+                await limiter.release(lease)
+                async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter) as client:
+                    task = await asyncio.wait_for(client.submit("a", model="nano-banana-fast"), 20)
+                    assert task.id
+            assert emu.ledger.creates_received == 1
+    finally:
+        await raw.aclose()
 
 
 async def test_strict_mode_keeps_the_old_start(redis_server: RedisServer) -> None:
