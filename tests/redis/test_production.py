@@ -178,6 +178,64 @@ async def test_an_older_snapshot_restored_is_a_new_store(own_redis_server: Redis
         await raw.aclose()
 
 
+async def test_live_holders_across_an_older_snapshot_keep_the_cap(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Holders live across a restored older snapshot: at most 2 x the cap until they re-assert,
+    then the cap and the budget count them again (the documented overshoot bound)."""
+    name, url = _name(), own_redis_server.url
+    caplog.set_level(logging.WARNING, logger="nanobanana_async")
+    raw = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    limits: dict[str, Any] = {"max_concurrency": 2, "lease_seconds": 3.0, "max_credits": 10}
+    try:
+        async with nb.RedisLimiter(url, name=name, **limits) as holder:
+            await holder.release(await holder.acquire())
+            await raw.save()  # the older snapshot: the store known, nothing held
+            held = [await holder.acquire(), await holder.acquire()]
+            await holder.reserve(10)
+            await raw.aclose()
+            own_redis_server.restart()  # loads the older snapshot, the holder lives on
+            raw = redis.asyncio.Redis.from_url(url, decode_responses=True)
+            async with nb.RedisLimiter(url, name=name, **limits) as other:
+                # Before the holder notices: the documented overshoot, up to 2 x the cap.
+                mine = [await asyncio.wait_for(other.acquire(), 20) for _ in range(2)]
+                assert holder.held + other.held <= 2 * 2
+                waiting = asyncio.ensure_future(other.acquire())
+
+                async def reasserted() -> bool:
+                    return any("re-asserting 2 slot" in r.getMessage() for r in caplog.records)
+
+                await _until(reasserted, "the live holder re-asserted its slots and credits")
+                assert await raw.zcard(f"nanobanana:{{{name}}}:leases") == 4
+
+                async def grace_over() -> bool:
+                    grace = await raw.hget(f"nanobanana:{{{name}}}:meta", "grace")
+                    seconds, micros = await raw.time()
+                    return seconds * 1000 + micros // 1000 > int(grace or 0)
+
+                await _until(grace_over, "the grace of the re-assertion ended")
+                # After: the holder's 2 slots count, so the other's releases free nothing to take.
+                for lease in mine:
+                    await other.release(lease)
+                mark = other.requests_sent
+
+                async def round_ran() -> bool:
+                    # Two requests after the releases: a whole acquire round ran meanwhile.
+                    return waiting.done() or other.requests_sent >= mark + 2
+
+                await _until(round_ran, "an acquire round after the releases")
+                assert not waiting.done()
+                assert holder.held + other.held <= 2
+                with pytest.raises(nb.BudgetExceededError):
+                    await other.reserve(1)  # the holder's 10 credits count again
+                await holder.release(held[0])
+                await other.release(await asyncio.wait_for(waiting, 20))
+            await holder.release(held[1])
+            await holder.settle(10, 0)
+    finally:
+        await raw.aclose()
+
+
 async def test_a_new_names_first_create_goes_out_at_once(redis_server: RedisServer) -> None:
     """A new name grants its first slot and reservation in under 1 s, with no grace at all."""
     name = _name()
