@@ -28,7 +28,7 @@ def _cluster_port() -> int:
             return port
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster_ports() -> Iterator[list[int]]:
     """Three cluster-enabled redis-servers joined into one cluster; their ports."""
     server = shutil.which("redis-server")
@@ -117,3 +117,32 @@ async def test_names_on_every_node_of_a_cluster_work(cluster_ports: list[int]) -
         assert len(nodes) == 3
     finally:
         await client.aclose()
+
+
+async def test_a_url_of_a_cluster_node_says_to_pass_a_cluster_client(
+    cluster_ports: list[int],
+) -> None:
+    """A URL of one cluster node fails on a name of another node with an error naming the
+    cluster and `RedisCluster`, not "cannot reach Redis"."""
+    client = redis.asyncio.RedisCluster(host="127.0.0.1", port=cluster_ports[0])
+    try:
+        await client.initialize()
+        name = next(
+            f"elsewhere-{index}"
+            for index in range(100)
+            if client.get_node_from_key(f"nanobanana:{{elsewhere-{index}}}:meta").port
+            != cluster_ports[0]
+        )
+    finally:
+        await client.aclose()
+    url = f"redis://127.0.0.1:{cluster_ports[0]}/0"
+    async with nb.RedisLimiter(
+        url, name=name, max_concurrency=1, lease_seconds=5.0, max_credits=5
+    ) as limiter:
+        for attempt in (limiter.acquire(), limiter.ready("create"), limiter.reserve(1)):
+            with pytest.raises(nb.LimiterUnavailableError) as caught:
+                await asyncio.wait_for(attempt, 20)
+            message = str(caught.value)
+            assert "Redis Cluster" in message
+            assert "redis.asyncio.RedisCluster" in message
+            assert "cannot reach" not in message
