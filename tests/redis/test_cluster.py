@@ -139,9 +139,10 @@ async def test_a_url_of_a_cluster_node_says_to_pass_a_cluster_client(
     async with nb.RedisLimiter(
         url, name=name, max_concurrency=1, lease_seconds=5.0, max_credits=5
     ) as limiter:
-        for attempt in (limiter.acquire(), limiter.ready("create"), limiter.reserve(1)):
+        attempts = (limiter.acquire, lambda: limiter.ready("create"), lambda: limiter.reserve(1))
+        for attempt in attempts:
             with pytest.raises(nb.LimiterUnavailableError) as caught:
-                await asyncio.wait_for(attempt, 20)
+                await asyncio.wait_for(attempt(), 20)
             message = str(caught.value)
             assert "Redis Cluster" in message
             assert "redis.asyncio.RedisCluster" in message
