@@ -95,7 +95,7 @@ def _gate(
 async def test_a_renewal_never_brings_back_a_released_lease(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The keeper's renewal of a lease released after its snapshot (a late renewal) leaves it gone."""
+    """A keeper renewal of a lease released after its snapshot (a late renewal) leaves it gone."""
     name = _name()
     caplog.set_level(logging.WARNING, logger="nanobanana_async")
     raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
