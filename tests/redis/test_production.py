@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+import redis.exceptions
 from _redis_support import RedisServer
 
 import nanobanana_async as nb
@@ -383,3 +384,32 @@ async def test_long_waits_say_why_at_info(
         await two.ready("create")
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any("429" in message for message in messages)
+
+
+async def test_a_user_denied_info_can_use_the_limiter(redis_server: RedisServer) -> None:
+    """A Redis user whose ACL refuses INFO gets slots, a pause and budget reservations."""
+    user = f"nb-noinfo-{os.urandom(3).hex()}"
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await raw.execute_command(
+            "ACL", "SETUSER", user, "on", ">s3cret", "~*", "&*", "+@all", "-info"
+        )
+        url = f"redis://{user}:s3cret@127.0.0.1:{redis_server.port}/0"
+        probe = redis.asyncio.Redis.from_url(url)
+        try:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await probe.info("server")  # the ACL holds
+        finally:
+            await probe.aclose()
+        async with nb.RedisLimiter(
+            url, name=_name(), max_concurrency=1, lease_seconds=5.0, max_credits=5
+        ) as limiter:
+            await limiter.release(await asyncio.wait_for(limiter.acquire(), 20))
+            await limiter.ready("create")
+            await limiter.reserve(5)
+            with pytest.raises(nb.BudgetExceededError):
+                await limiter.reserve(1)
+            await limiter.settle(5, 0)
+    finally:
+        await raw.execute_command("ACL", "DELUSER", user)
+        await raw.aclose()
