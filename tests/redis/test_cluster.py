@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio
@@ -147,3 +149,39 @@ async def test_a_url_of_a_cluster_node_says_to_pass_a_cluster_client(
             assert "Redis Cluster" in message
             assert "redis.asyncio.RedisCluster" in message
             assert "cannot reach" not in message
+
+
+class _ClusterWithoutPubSub(redis.asyncio.RedisCluster):
+    """An asyncio RedisCluster as redis-py 5 to 7 have it: no pubsub()."""
+
+    @property
+    def pubsub(self) -> Any:  # type: ignore[override]
+        raise AttributeError("pubsub")
+
+
+async def test_a_cluster_client_without_pubsub_warns_once_and_polls(
+    cluster_ports: list[int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without pub/sub (redis-py < 8), one WARNING says waiters poll, and a waiter still gets
+    the slot freed by another process."""
+    caplog.set_level(logging.WARNING, logger="nanobanana_async")
+    client = _ClusterWithoutPubSub(host="127.0.0.1", port=cluster_ports[0])
+    try:
+        async with (
+            nb.RedisLimiter(client, name="no-pubsub", max_concurrency=1, lease_seconds=5.0) as one,
+            nb.RedisLimiter(client, name="no-pubsub", max_concurrency=1, lease_seconds=5.0) as two,
+        ):
+            lease = await asyncio.wait_for(one.acquire(), 20)
+            job = asyncio.ensure_future(two.acquire())
+            deadline = time.monotonic() + 30
+            while await client.zcard("nanobanana:{no-pubsub}:queue") < 1:
+                assert time.monotonic() < deadline, "the waiter never queued"
+                await asyncio.sleep(0.02)
+            await one.release(lease)
+            await two.release(await asyncio.wait_for(job, 20))
+        warned = [r for r in caplog.records if "no pub/sub" in r.getMessage()]
+        assert len(warned) == 2  # one per limiter
+        assert all(r.levelno == logging.WARNING for r in warned)
+        assert "redis-py 8" in warned[0].getMessage()
+    finally:
+        await client.aclose()
