@@ -82,7 +82,8 @@ async def test_a_sentinel_master_grants_wakes_and_reserves(
             lease = await asyncio.wait_for(one.acquire(), 20)
             # No timed round of its own: only a pub/sub message can wake the waiter before the
             # lease (60 s) lapses.
-            two._heartbeat = 3600.0
+            assert two._slots is not None
+            two._slots.heartbeat = 3600.0
             job = asyncio.ensure_future(two.acquire())
             deadline = time.monotonic() + 30
             while dict(await raw.pubsub_numsub(channel)).get(channel, 0) < 2:
