@@ -65,6 +65,9 @@ class Slots:
         # Waiters that gave up, and leases given back while Redis could not be reached, to
         # remove from it when it can.
         self._unreleased: list[str] = []
+        # Releases waiting for the one on its way to Redis, sent together after it.
+        self._releasing: list[str] = []
+        self._release_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._told = False
 
@@ -168,30 +171,42 @@ class Slots:
             del self._unreleased[:-MAX_UNRELEASED]
 
     async def release(self, lease: Lease) -> None:
-        """Give a slot back and wake the waiters; never raises (an unreachable slot lapses)."""
+        """Give a slot back and wake the waiters; never raises (an unreachable slot lapses).
+
+        Releases made while another is on its way to Redis go together in the next request,
+        each returning once the request that carried it is answered.
+        """
         if self._keeper.held.pop(lease.token, None) is None:
             return
-        tokens = [*self._unreleased, lease.token]
-        self._unreleased = []
-        try:
-            await self._store.run("release", [self._store.channel, "", *tokens])
-        except Exception as exc:
-            # Given back at the next release that reaches Redis, else it lapses on its own.
-            self._unreleased.extend(tokens)
-            del self._unreleased[:-MAX_UNRELEASED]
-            logger.warning(
-                "could not release a slot in Redis at %s (%s); it lapses in %.0f s",
-                self._store.shown,
-                type(exc).__name__,
-                self._keeper.lease_seconds,
-            )
+        self._releasing.append(lease.token)
+        async with self._release_lock:
+            if lease.token not in self._releasing:
+                return  # carried by the request of a release queued before this one
+            tokens = [*self._unreleased, *self._releasing]
+            self._unreleased, self._releasing = [], []
+            try:
+                await self._store.run("release", [self._store.channel, "", *tokens])
+            except BaseException as exc:
+                # Given back at the next release that reaches Redis, else it lapses on its own.
+                self._unreleased.extend(tokens)
+                del self._unreleased[:-MAX_UNRELEASED]
+                if not isinstance(exc, Exception):
+                    raise
+                logger.warning(
+                    "could not release %d slot(s) in Redis at %s (%s); they lapse in %.0f s",
+                    len(tokens),
+                    self._store.shown,
+                    type(exc).__name__,
+                    self._keeper.lease_seconds,
+                )
 
     def close(self) -> list[str]:
         """Fail every waiter (the limiter closes); return the tokens to give back to Redis."""
         for waiter in self._waiting.values():
             if not waiter.future.done():
                 waiter.future.set_exception(ClientClosedError("the limiter is closed"))
-        tokens = [*self._waiting, *self._unreleased]
+        tokens = [*self._waiting, *self._unreleased, *self._releasing]
         self._waiting.clear()
         self._unreleased.clear()
+        self._releasing.clear()
         return tokens

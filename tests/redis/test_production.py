@@ -413,3 +413,44 @@ async def test_a_user_denied_info_can_use_the_limiter(redis_server: RedisServer)
     finally:
         await raw.execute_command("ACL", "DELUSER", user)
         await raw.aclose()
+
+
+async def test_releases_behind_one_on_its_way_go_in_one_request(redis_server: RedisServer) -> None:
+    """Releases made while one is on its way to Redis go together in one more request, and each
+    returns only once its slot is gone from Redis."""
+    name = _name()
+    leases_key = f"nanobanana:{{{name}}}:leases"
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=4, lease_seconds=60.0
+        ) as limiter:
+            leases = [await limiter.acquire() for _ in range(4)]
+            reached, gate, _ = _gate(limiter, "release", leases[0].token)
+            sent: list[list[str]] = []
+            store = limiter._store
+            gated = store.run
+
+            async def run(script: str, args: Any, keys: Any = None) -> Any:
+                if script == "release":
+                    sent.append([str(arg) for arg in args[2:]])
+                return await gated(script, args, keys)
+
+            store.run = run  # type: ignore[method-assign]
+            first = asyncio.ensure_future(limiter.release(leases[0]))
+            await asyncio.wait_for(reached.wait(), 30)
+
+            async def release(lease: nb.limiters.Lease) -> float | None:
+                await limiter.release(lease)
+                return await raw.zscore(leases_key, lease.token)
+
+            rest = [asyncio.ensure_future(release(lease)) for lease in leases[1:]]
+            await asyncio.sleep(0)  # they queue behind the first
+            assert not any(job.done() for job in rest)
+            gate.set()
+            assert await asyncio.wait_for(asyncio.gather(*rest), 30) == [None, None, None]
+            await first
+            assert sent == [[leases[0].token], [lease.token for lease in leases[1:]]]
+            assert await raw.zcard(leases_key) == 0
+    finally:
+        await raw.aclose()
