@@ -120,7 +120,7 @@ def main() -> None:
     """Measure, print a table and a README-ready row, and save them under benchmarks/results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     executable = shutil.which("redis-server")
