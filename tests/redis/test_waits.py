@@ -44,7 +44,7 @@ async def test_a_slot_waiting_out_a_grace_says_so(
     """A create waiting over 2 s for a slot in the store's grace logs the grace at INFO."""
     caplog.set_level(logging.INFO, logger="nanobanana_async")
     async with nb.RedisLimiter(
-        redis_server.url, name=_name(), max_concurrency=1, lease_seconds=4.0, strict=True
+        redis_server.url, name=_name(), max_concurrency=1, lease_seconds=8.0, strict=True
     ) as limiter:
         job: asyncio.Future[object] = asyncio.ensure_future(limiter.acquire())
         record = await _told(caplog, "wait for a slot", "grace")
@@ -63,7 +63,7 @@ async def test_a_reservation_waiting_out_a_grace_says_so(
         redis_server.url,
         name=_name(),
         max_concurrency=None,
-        lease_seconds=4.0,
+        lease_seconds=8.0,
         max_credits=10,
         strict=True,
     ) as limiter:
