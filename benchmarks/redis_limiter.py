@@ -15,14 +15,20 @@ client on CPU 0 (two cores or more). One client, 64 tasks in flight (`Client.map
 Reported per task (medians over rounds): wall and CPU time of the client process, and requests
 to Redis (commands clients sent, from ``INFO commandstats``: EVALSHA, SUBSCRIBE and the like,
 not the commands our scripts run inside Redis).
+
+Saved to ``benchmarks/results/<date>-redis-limiter.json`` (the figures) and
+``<date>-redis-limiter.txt`` (the table and the README row); ``--no-save`` only prints them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import gc
+import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -30,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import nanobanana_async as nb
 
@@ -37,6 +44,10 @@ from ._common import API_KEY, ServerProcess, clock, median, pin_client
 
 IN_FLIGHT = 64
 LEASE_SECONDS = 30.0
+RESULTS = Path(__file__).resolve().parent / "results"
+#: The goals of issue 17: extra CPU per create over `Limiter`, Redis requests per task (no budget).
+GOAL_EXTRA_CPU_US = 300.0
+GOAL_REQUESTS = 2.0
 
 
 def _free_port() -> int:
@@ -106,10 +117,11 @@ async def _round(base_url: str, tasks: int, make: Callable[[], nb.limiters.BaseL
 
 
 def main() -> None:
-    """Measure and print a table and a README-ready row."""
+    """Measure, print a table and a README-ready row, and save them under benchmarks/results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     executable = shutil.which("redis-server")
     if executable is None:
@@ -145,27 +157,67 @@ def main() -> None:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
+            version = _redis_info(port, "server").get("redis_version", "?")
             with ServerProcess("benchmarks.fast_server", "--polls", "2", "--key", API_KEY) as srv:
                 rows = _measure(srv.base_url, url, port, args.tasks, args.rounds)
         finally:
             redis_server.kill()
             redis_server.wait()
-    print(f"pinning: {pinning}; {args.tasks} tasks, {IN_FLIGHT} in flight, {args.rounds} rounds")
-    print(f"{'limiter':<24} {'wall us/task':>13} {'CPU us/task':>12} {'Redis req/task':>15}")
+    today = datetime.date.today().isoformat()
+    lines = [
+        f"# python -m benchmarks.redis_limiter, {today}",
+        f"pinning: {pinning}; redis-server {version}; {args.tasks} tasks, {IN_FLIGHT} in flight, "
+        f"{args.rounds} rounds (medians)",
+        "",
+        f"{'limiter':<24} {'wall us/task':>13} {'CPU us/task':>12} {'Redis req/task':>15}",
+    ]
     for name, wall, cpu, requests in rows:
-        print(f"{name:<24} {wall:>13.0f} {cpu:>12.0f} {requests:>15.2f}")
-    base = rows[0]
-    cells = "; ".join(
-        f"{name} {cpu:.0f} us CPU, {wall:.0f} us wall"
-        + (f", {requests:.1f} Redis requests" if requests else "")
-        for name, wall, cpu, requests in rows
-    )
-    extra = rows[1][2] - base[2]
-    print()
-    print(
-        f"| RedisLimiter overhead, {args.tasks:,} tasks, {IN_FLIGHT} in flight (per task) "
-        f"| {cells}; +{extra:.0f} us CPU per task over Limiter | - |"
-    )
+        lines.append(f"{name:<24} {wall:>13.0f} {cpu:>12.0f} {requests:>15.2f}")
+    base, redis_row, budget_row = rows
+    extra = redis_row[2] - base[2]
+    extra_budget = budget_row[2] - base[2]
+    lines += [
+        "",
+        f"RedisLimiter: {extra:+.0f} us CPU per create over Limiter (goal: at most "
+        f"+{GOAL_EXTRA_CPU_US:.0f}: {'met' if extra <= GOAL_EXTRA_CPU_US else 'MISSED'}), "
+        f"{redis_row[3]:.2f} Redis requests per task (goal: at most {GOAL_REQUESTS:.0f}: "
+        f"{'met' if redis_row[3] <= GOAL_REQUESTS else 'MISSED'})",
+        f"RedisLimiter with max_credits: {extra_budget:+.0f} us CPU, {budget_row[3]:.2f} requests",
+        "",
+        f"| RedisLimiter overhead, {args.tasks:,} tasks, {IN_FLIGHT} in flight (CPU µs/task, "
+        f"Redis requests/task) | Limiter {base[2]:.0f}; RedisLimiter {redis_row[2]:.0f} "
+        f"({extra:+.0f}), {redis_row[3]:.2f} requests; RedisLimiter with max_credits "
+        f"{budget_row[2]:.0f} ({extra_budget:+.0f}), {budget_row[3]:.2f} requests ({today}) "
+        f"| +{GOAL_EXTRA_CPU_US:.0f} µs, {GOAL_REQUESTS:.0f} requests |",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.no_save:
+        return
+    document = {
+        "date": today,
+        "python": platform.python_version(),
+        "redis_server": version,
+        "pinning": pinning,
+        "tasks": args.tasks,
+        "in_flight": IN_FLIGHT,
+        "rounds": args.rounds,
+        "rows": [
+            {"limiter": name, "wall_us": wall, "cpu_us": cpu, "redis_requests": requests}
+            for name, wall, cpu, requests in rows
+        ],
+        "extra_cpu_us": extra,
+        "extra_cpu_us_budget": extra_budget,
+        "goals": {
+            "extra_cpu_us": GOAL_EXTRA_CPU_US,
+            "redis_requests": GOAL_REQUESTS,
+            "met": extra <= GOAL_EXTRA_CPU_US and redis_row[3] <= GOAL_REQUESTS,
+        },
+    }
+    stem = f"{today}-redis-limiter"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
+    (RESULTS / f"{stem}.txt").write_text(text)
+    print(f"\nSaved benchmarks/results/{stem}.json and {stem}.txt")
 
 
 def _measure(

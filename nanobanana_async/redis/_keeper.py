@@ -114,6 +114,7 @@ class Keeper:
                     self.charged + self.reserved,
                 )
             if lost:
+                tokens = list(self.held)
                 answer = await self.store.run(
                     "reassert",
                     [
@@ -126,7 +127,7 @@ class Keeper:
                         max(0, self.charged),
                         max(0, self.reserved),
                         self.op_ttl,
-                        *self.held,
+                        *tokens,
                     ],
                     self.store.op_keys(os.urandom(8).hex()),
                 )
@@ -135,7 +136,19 @@ class Keeper:
                 now = time.monotonic()
                 for token in self.held:
                     self.held[token] = now
+                # A slot released while the re-assertion was on its way may have been put back
+                # after its release reached Redis: take it out again (the grace just set keeps
+                # new grants waiting meanwhile, so it is never counted against anyone).
+                await self._release_again([token for token in tokens if token not in self.held])
             self.epoch = epoch
+
+    async def _release_again(self, tokens: list[str]) -> None:
+        if not tokens:
+            return
+        try:
+            await self.store.run("release", [self.store.channel, "", *tokens])
+        except Exception as exc:
+            logger.debug("releasing re-asserted leases given back meanwhile failed: %r", exc)
 
     async def renew(self, tokens: Sequence[str]) -> None:
         """Extend the leases *tokens* that still exist (and the heartbeat); never raises."""
@@ -146,7 +159,8 @@ class Keeper:
         except Exception as exc:
             logger.debug("renewing leases in Redis failed: %r", exc)
             return
-        lost = [str(token) for token in answer[1:]]
+        # A lease released meanwhile is gone on purpose, not lapsed.
+        lost = [str(token) for token in answer[1:] if str(token) in self.held]
         if lost:
             logger.warning(
                 "%d slot(s) of this process lapsed in Redis at %s (was the event loop blocked "

@@ -33,10 +33,27 @@ class Listener:
         self._idle = idle
 
     async def run(self) -> None:
-        """Listen until cancelled (by the limiter's `aclose()`)."""
+        """Listen until cancelled (by the limiter's `aclose()`).
+
+        With no pub/sub at hand (an asyncio ``RedisCluster`` before redis-py 8), say so once at
+        WARNING and return: the waiters then ask Redis again on their own, about once a second.
+        """
         while True:
             try:
-                pubsub = self._store.client().pubsub()
+                client = self._store.client()
+                if not hasattr(client, "pubsub"):
+                    import redis
+
+                    logger.warning(
+                        "redis-py %s has no pub/sub for %s (an asyncio RedisCluster has it from "
+                        "redis-py 8): waiting creates ask Redis again every %.1f s instead of "
+                        "being woken when a slot comes free",
+                        getattr(redis, "__version__", "?"),
+                        type(client).__name__,
+                        self._idle / 4,
+                    )
+                    return
+                pubsub = client.pubsub()
             except Exception as exc:
                 logger.debug("no pub/sub connection to Redis: %r", exc)
                 await anyio.sleep(self._idle)

@@ -14,7 +14,8 @@ knows, ARGV[2] a fresh epoch id to write if the store has none, ARGV[3] the leas
 ARGV[4] the caller's process id and ARGV[5] '1' for the strict start. It answers {"epoch", id}
 instead of running when the caller knows another epoch. The epoch is tied to the server's run id:
 a store written by another server process (a restart that restored an older snapshot, a failover)
-is a lost store, wiped and started afresh, and its holders re-assert what they hold.
+is a lost store, wiped and started afresh, and its holders re-assert what they hold. A Redis user
+denied ``INFO`` (an ACL) runs without the run id: a restored older snapshot then goes unnoticed.
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ end
 PRELUDE = (
     _CLOCK
     + """
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+-- A user denied INFO by an ACL gets no run id: the store then counts as lost only when its keys
+-- are (a flush, a restart without persistence), not when an older snapshot comes back.
+local info = redis.pcall('INFO', 'server')
+local run = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
 local state = redis.call('HMGET', meta, 'epoch', 'run', 'grace')
-local epoch, grace = state[1], tonumber(state[3] or '0')
-if epoch and state[2] ~= run then
+local epoch, grace, known = state[1], tonumber(state[3] or '0'), state[2] or ''
+if epoch and run ~= '' and known ~= '' and known ~= run then
   -- Written by another server process: an older snapshot restored, or a failover. Lost.
   redis.call('DEL', leases, queue, beats, procs, resv)
   redis.call('HDEL', meta, 'epoch', 'credits', 'seq', 'grace')
@@ -57,6 +61,8 @@ if not epoch then
   epoch, grace = ARGV[2], 0
   if ARGV[5] == '1' then grace = now + lease_ms end
   redis.call('HSET', meta, 'epoch', epoch, 'run', run, 'grace', grace)
+elseif run ~= '' and known == '' then
+  redis.call('HSET', meta, 'run', run)  -- first seen by a user allowed INFO
 end
 keep()
 if epoch ~= ARGV[1] then

@@ -61,6 +61,21 @@ def _is_store_error(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.RedisError)
 
 
+def _is_cluster_error(exc: BaseException) -> bool:
+    """Whether *exc* is a cluster's redirection or state error (MOVED, ASK, CLUSTERDOWN...)."""
+    import redis.exceptions
+
+    return isinstance(
+        exc,
+        (
+            redis.exceptions.AskError,  # MovedError too
+            redis.exceptions.ClusterDownError,
+            redis.exceptions.ClusterCrossSlotError,
+            redis.exceptions.TryAgainError,
+        ),
+    )
+
+
 def _describe(client: Any) -> str:
     """Where a client object connects, for messages (no password)."""
     pool = getattr(client, "connection_pool", None)
@@ -180,12 +195,28 @@ class Store:
 
     def unavailable(self, exc: BaseException) -> LimiterUnavailableError:
         """The error that says the store cannot be reached, with no secret in it."""
-        detail = str(exc)
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
         return LimiterUnavailableError(
-            f"cannot reach Redis at {self.shown} ({type(exc).__name__}: {detail}); nothing was sent"
+            f"cannot reach Redis at {self.shown} ({type(exc).__name__}: {self._hide(str(exc))}); "
+            "nothing was sent"
         )
+
+    def _is_cluster_client(self) -> bool:
+        import redis.asyncio
+
+        return isinstance(self._client, redis.asyncio.RedisCluster)
+
+    def not_a_cluster_client(self, exc: BaseException) -> LimiterUnavailableError:
+        """The error that says the store is a Redis Cluster reached without a cluster client."""
+        return LimiterUnavailableError(
+            f"Redis at {self.shown} is a node of a Redis Cluster ({type(exc).__name__}: "
+            f"{self._hide(str(exc))}): pass a redis.asyncio.RedisCluster client instead of a "
+            "URL or a plain Redis client; nothing was sent"
+        )
+
+    def _hide(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def run(
         self, script: str, args: Sequence[str | int], keys: Sequence[str] | None = None
@@ -199,6 +230,8 @@ class Store:
         try:
             return _text(await found(keys=keys or self.keys, args=args, client=client))
         except Exception as exc:
+            if _is_cluster_error(exc) and not self._is_cluster_client():
+                raise self.not_a_cluster_client(exc) from exc
             if _is_store_error(exc):
                 self.outage_until = time.monotonic() + self.outage_backoff
                 raise self.unavailable(exc) from exc

@@ -17,6 +17,8 @@ from typing import Any
 import nanobanana_async as nb
 
 WORKER = Path(__file__).with_name("worker.py")
+#: Set (as .ci/run does) to make a missing redis-server or redis-cli an error instead of a skip.
+REQUIRE_ENV = "NANOBANANA_REQUIRE_REDIS"
 #: No single wait of a test for a worker may take longer than this (a hang fails, not blocks).
 PATIENCE = 90.0
 

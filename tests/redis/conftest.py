@@ -9,10 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _redis_support import RedisServer
-
-#: Set (as .ci/run does) to make a missing redis-server an error instead of a skip.
-REQUIRE_ENV = "NANOBANANA_REQUIRE_REDIS"
+from _redis_support import REQUIRE_ENV, RedisServer
 
 
 def _redis_server() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import anyio
 import pytest
 from _redis_support import RedisServer, free_port, warm
 
+import nanobanana_async as nb
 from nanobanana_async.testing import Emulator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
@@ -74,3 +76,42 @@ async def test_a_redis_that_is_not_there_fails_closed(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert emu.ledger.creates_received == 0
     assert "Redis" in result.stdout.decode() + result.stderr.decode()
+
+
+async def test_a_batch_waiting_for_a_shared_slot_says_so_on_stderr(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A batch whose create waits over 2 s for a slot held by another process prints why."""
+    name = f"cli-{os.urandom(4).hex()}"
+    async with (
+        Emulator(api_key=KEY, credits=None, speed=20.0, duration=1.0) as emu,
+        nb.RedisLimiter(redis_server.url, name=name, max_concurrency=1, lease_seconds=5.0) as other,
+    ):
+        lease = await other.acquire()  # the one slot, held by "another process"
+        command = _batch(tmp_path, "w", ["waits"], "--redis", redis_server.url)
+        command += ["--limiter-name", name, "--concurrency", "1", "--lease-seconds", "5"]
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            env=_env(emu),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert process.stderr is not None
+            seen: list[str] = []
+            while not any("wait for a slot" in line for line in seen):
+                raw = await asyncio.wait_for(process.stderr.readline(), 60)
+                assert raw, f"the batch ended without telling its wait: {seen}"
+                seen.append(raw.decode())
+            told = next(line for line in seen if "wait for a slot" in line)
+            assert told.startswith("nanobanana: ")
+            assert "the cap: 1 of 1" in told
+            assert emu.ledger.creates_received == 0
+            await other.release(lease)
+            rest = await asyncio.wait_for(process.stderr.read(), 60)
+            assert await asyncio.wait_for(process.wait(), 60) == 0, rest.decode()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert emu.ledger.creates_received == 1

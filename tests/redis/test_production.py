@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+import redis.exceptions
 from _redis_support import RedisServer
 
 import nanobanana_async as nb
@@ -66,20 +67,82 @@ async def test_a_task_costs_at_most_two_round_trips(redis_server: RedisServer) -
         assert limiter.requests_sent - sent <= 2 * 20
 
 
-async def test_a_renewal_never_brings_back_a_released_lease(redis_server: RedisServer) -> None:
-    """A renewal of a lease released meanwhile (a late keeper) does not put it back in Redis."""
+def _gate(
+    limiter: nb.RedisLimiter, script: str, token: str
+) -> tuple[asyncio.Event, asyncio.Event, asyncio.Event]:
+    """Hold the first run of *script* naming *token* before it is sent to Redis.
+
+    Returns (reached, gate, done): set when the run is held, to set to let it go, set when its
+    answer came back.
+    """
+    reached, gate, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    store = limiter._store
+    original = store.run
+
+    async def run(name: str, args: Any, keys: Any = None) -> Any:
+        if name != script or token not in args or reached.is_set():
+            return await original(name, args, keys)
+        reached.set()
+        await gate.wait()
+        try:
+            return await original(name, args, keys)
+        finally:
+            done.set()
+
+    store.run = run  # type: ignore[method-assign]
+    return reached, gate, done
+
+
+async def test_a_renewal_never_brings_back_a_released_lease(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keeper renewal of a lease released after its snapshot (a late renewal) leaves it gone."""
     name = _name()
+    caplog.set_level(logging.WARNING, logger="nanobanana_async")
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=1, lease_seconds=3.0
+        ) as limiter:
+            lease = await limiter.acquire()
+            reached, gate, done = _gate(limiter, "renew", lease.token)
+            # The keeper's own loop picks the lease (its snapshot) and is held before Redis.
+            await asyncio.wait_for(reached.wait(), 30)
+            await limiter.release(lease)  # the release reaches Redis first
+            assert await raw.zscore(f"nanobanana:{{{name}}}:leases", lease.token) is None
+            gate.set()
+            await asyncio.wait_for(done.wait(), 30)  # then the late renewal runs
+            assert await raw.zscore(f"nanobanana:{{{name}}}:leases", lease.token) is None
+            assert await raw.zcard(f"nanobanana:{{{name}}}:leases") == 0
+        assert not [r for r in caplog.records if "lapsed" in r.getMessage()]
+    finally:
+        await raw.aclose()
+
+
+async def test_a_reassertion_never_brings_back_a_released_lease(
+    redis_server: RedisServer,
+) -> None:
+    """A re-assertion after a flush, sent before a release that reached Redis first, frees it."""
+    name = _name()
+    leases = f"nanobanana:{{{name}}}:leases"
     raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         async with nb.RedisLimiter(
             redis_server.url, name=name, max_concurrency=1, lease_seconds=60.0
         ) as limiter:
             lease = await limiter.acquire()
-            await limiter.release(lease)
-            await limiter._keeper.renew([lease.token])  # the keeper's late renewal
-            assert await raw.zcard(f"nanobanana:{{{name}}}:leases") == 0
-            again = await asyncio.wait_for(limiter.acquire(), 20)
-            await limiter.release(again)
+            reached, gate, done = _gate(limiter, "reassert", lease.token)
+            for key in await raw.keys(f"nanobanana:{{{name}}}:*"):
+                await raw.delete(key)  # the store is lost (a flush of this name)
+            # The next call finds a new epoch: the re-assertion of the lease is held on its way.
+            check = asyncio.ensure_future(limiter.ready("poll"))
+            await asyncio.wait_for(reached.wait(), 30)
+            await limiter.release(lease)  # the release reaches Redis first
+            gate.set()
+            await asyncio.wait_for(done.wait(), 30)  # then the re-assertion runs
+            await asyncio.wait_for(check, 30)
+            assert await raw.zscore(leases, lease.token) is None
+            assert await raw.zcard(leases) == 0
     finally:
         await raw.aclose()
 
@@ -116,16 +179,93 @@ async def test_an_older_snapshot_restored_is_a_new_store(own_redis_server: Redis
         await raw.aclose()
 
 
+async def test_live_holders_across_an_older_snapshot_keep_the_cap(
+    own_redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Holders live across a restored older snapshot: at most 2 x the cap until they re-assert,
+    then the cap and the budget count them again (the documented overshoot bound)."""
+    name, url = _name(), own_redis_server.url
+    caplog.set_level(logging.WARNING, logger="nanobanana_async")
+    raw = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    limits: dict[str, Any] = {"max_concurrency": 2, "lease_seconds": 3.0, "max_credits": 10}
+    try:
+        async with nb.RedisLimiter(url, name=name, **limits) as holder:
+            await holder.release(await holder.acquire())
+            await raw.save()  # the older snapshot: the store known, nothing held
+            held = [await holder.acquire(), await holder.acquire()]
+            await holder.reserve(10)
+            await raw.aclose()
+            own_redis_server.restart()  # loads the older snapshot, the holder lives on
+            raw = redis.asyncio.Redis.from_url(url, decode_responses=True)
+            async with nb.RedisLimiter(url, name=name, **limits) as other:
+                # Before the holder notices: the documented overshoot, up to 2 x the cap.
+                mine = [await asyncio.wait_for(other.acquire(), 20) for _ in range(2)]
+                assert holder.held + other.held <= 2 * 2
+                waiting = asyncio.ensure_future(other.acquire())
+
+                async def reasserted() -> bool:
+                    return any("re-asserting 2 slot" in r.getMessage() for r in caplog.records)
+
+                await _until(reasserted, "the live holder started re-asserting")
+
+                async def all_counted() -> bool:
+                    # The warning comes just before the re-assertion reaches Redis.
+                    return await raw.zcard(f"nanobanana:{{{name}}}:leases") == 4
+
+                await _until(all_counted, "the holder's 2 slots counted next to the other's 2")
+
+                async def grace_over() -> bool:
+                    grace = await raw.hget(f"nanobanana:{{{name}}}:meta", "grace")
+                    seconds, micros = await raw.time()
+                    return seconds * 1000 + micros // 1000 > int(grace or 0)
+
+                await _until(grace_over, "the grace of the re-assertion ended")
+                # After: the holder's 2 slots count, so the other's releases free nothing to take.
+                for lease in mine:
+                    await other.release(lease)
+                mark = other.requests_sent
+
+                async def round_ran() -> bool:
+                    # Two requests after the releases: a whole acquire round ran meanwhile.
+                    return waiting.done() or other.requests_sent >= mark + 2
+
+                await _until(round_ran, "an acquire round after the releases")
+                assert not waiting.done()
+                assert holder.held + other.held <= 2
+                with pytest.raises(nb.BudgetExceededError):
+                    await other.reserve(1)  # the holder's 10 credits count again
+                await holder.release(held[0])
+                await other.release(await asyncio.wait_for(waiting, 20))
+            await holder.release(held[1])
+            await holder.settle(10, 0)
+    finally:
+        await raw.aclose()
+
+
 async def test_a_new_names_first_create_goes_out_at_once(redis_server: RedisServer) -> None:
-    """A new name's first create leaves long before one lease time (60 s) with a budget."""
-    async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=1.0) as emu:
-        async with nb.RedisLimiter(
-            redis_server.url, name=_name(), max_concurrency=2, lease_seconds=60.0, max_credits=100
-        ) as limiter:
-            async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter) as client:
-                task = await asyncio.wait_for(client.submit("a", model="nano-banana-fast"), 20)
-                assert task.id
-        assert emu.ledger.creates_received == 1
+    """A new name grants its first slot and reservation in under 1 s, with no grace at all."""
+    name = _name()
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with Emulator(api_key=KEY, credits=None, speed=20.0, duration=1.0) as emu:
+            async with nb.RedisLimiter(
+                redis_server.url, name=name, max_concurrency=2, lease_seconds=60.0, max_credits=100
+            ) as limiter:
+                started = time.monotonic()
+                lease = await asyncio.wait_for(limiter.acquire(), 20)
+                await asyncio.wait_for(limiter.reserve(1), 20)
+                granted = time.monotonic() - started
+                # The structural fact (a load cannot change it): the new store set no grace.
+                assert await raw.hget(f"nanobanana:{{{name}}}:meta", "grace") == "0"
+                assert granted < 1.0  # two local round trips, and no wait of any kind
+                await limiter.settle(1, 0)
+                await limiter.release(lease)
+                async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter) as client:
+                    task = await asyncio.wait_for(client.submit("a", model="nano-banana-fast"), 20)
+                    assert task.id
+            assert emu.ledger.creates_received == 1
+    finally:
+        await raw.aclose()
 
 
 async def test_strict_mode_keeps_the_old_start(redis_server: RedisServer) -> None:
@@ -249,3 +389,73 @@ async def test_long_waits_say_why_at_info(
         await two.ready("create")
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any("429" in message for message in messages)
+
+
+async def test_a_user_denied_info_can_use_the_limiter(redis_server: RedisServer) -> None:
+    """A Redis user whose ACL refuses INFO gets slots, a pause and budget reservations."""
+    user = f"nb-noinfo-{os.urandom(3).hex()}"
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await raw.execute_command(
+            "ACL", "SETUSER", user, "on", ">s3cret", "~*", "&*", "+@all", "-info"
+        )
+        url = f"redis://{user}:s3cret@127.0.0.1:{redis_server.port}/0"
+        probe = redis.asyncio.Redis.from_url(url)
+        try:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await probe.info("server")  # the ACL holds
+        finally:
+            await probe.aclose()
+        async with nb.RedisLimiter(
+            url, name=_name(), max_concurrency=1, lease_seconds=5.0, max_credits=5
+        ) as limiter:
+            await limiter.release(await asyncio.wait_for(limiter.acquire(), 20))
+            await limiter.ready("create")
+            await limiter.reserve(5)
+            with pytest.raises(nb.BudgetExceededError):
+                await limiter.reserve(1)
+            await limiter.settle(5, 0)
+    finally:
+        await raw.execute_command("ACL", "DELUSER", user)
+        await raw.aclose()
+
+
+async def test_releases_behind_one_on_its_way_go_in_one_request(redis_server: RedisServer) -> None:
+    """Releases made while one is on its way to Redis go together in one more request, and each
+    returns only once its slot is gone from Redis."""
+    name = _name()
+    leases_key = f"nanobanana:{{{name}}}:leases"
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=4, lease_seconds=60.0
+        ) as limiter:
+            leases = [await limiter.acquire() for _ in range(4)]
+            reached, gate, _ = _gate(limiter, "release", leases[0].token)
+            sent: list[list[str]] = []
+            store = limiter._store
+            gated = store.run
+
+            async def run(script: str, args: Any, keys: Any = None) -> Any:
+                if script == "release":
+                    sent.append([str(arg) for arg in args[2:]])
+                return await gated(script, args, keys)
+
+            store.run = run  # type: ignore[method-assign]
+            first = asyncio.ensure_future(limiter.release(leases[0]))
+            await asyncio.wait_for(reached.wait(), 30)
+
+            async def release(lease: nb.limiters.Lease) -> float | None:
+                await limiter.release(lease)
+                return await raw.zscore(leases_key, lease.token)
+
+            rest = [asyncio.ensure_future(release(lease)) for lease in leases[1:]]
+            await asyncio.sleep(0)  # they queue behind the first
+            assert not any(job.done() for job in rest)
+            gate.set()
+            assert await asyncio.wait_for(asyncio.gather(*rest), 30) == [None, None, None]
+            await first
+            assert sent == [[leases[0].token], [lease.token for lease in leases[1:]]]
+            assert await raw.zcard(leases_key) == 0
+    finally:
+        await raw.aclose()
