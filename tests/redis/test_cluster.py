@@ -143,7 +143,7 @@ async def test_a_url_of_a_cluster_node_says_to_pass_a_cluster_client(
     ) as limiter:
         attempts = (limiter.acquire, lambda: limiter.ready("create"), lambda: limiter.reserve(1))
         for attempt in attempts:
-            with pytest.raises(nb.LimiterUnavailableError) as caught:
+            with pytest.raises(nb.errors.LimiterUnavailableError) as caught:
                 await asyncio.wait_for(attempt(), 20)
             message = str(caught.value)
             assert "Redis Cluster" in message

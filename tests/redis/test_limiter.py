@@ -97,7 +97,7 @@ async def test_unreachable_redis_fails_closed_without_the_password() -> None:
     async with limiter:
         assert "s3cret" not in repr(limiter)
         for call in (limiter.acquire(), limiter.ready("create"), limiter.reserve(1)):
-            with pytest.raises(nb.LimiterUnavailableError) as caught:
+            with pytest.raises(nb.errors.LimiterUnavailableError) as caught:
                 await call
             message = str(caught.value)
             assert "Redis" in message
@@ -309,7 +309,7 @@ async def test_redis_going_away_fails_new_creates_but_running_tasks_finish(
             async with nb.Client(KEY, base_url=emu.base_url, limiter=limiter, poll=poll) as client:
                 tasks = [await client.submit("a", model="nano-banana-fast") for _ in range(2)]
                 own_redis_server.stop()
-                with pytest.raises(nb.LimiterUnavailableError) as caught:
+                with pytest.raises(nb.errors.LimiterUnavailableError) as caught:
                     await client.submit("b", model="nano-banana-fast")
                 assert own_redis_server.url in str(caught.value)
                 results = [await task.wait(timeout=60) for task in tasks]

@@ -207,7 +207,7 @@ async def test_a_reservation_that_never_got_its_reply_is_given_back(
         async with limiter:
             await limiter.ready("poll")
             proxy.lose(_sha(_scripts.CREDITS), times=10)
-            with pytest.raises(nb.LimiterUnavailableError):
+            with pytest.raises(nb.errors.LimiterUnavailableError):
                 await limiter.reserve(10)
             assert proxy.lost >= 1
             proxy.lose(b"", times=0)

@@ -61,7 +61,7 @@ async def main(config: dict[str, Any]) -> None:
                             f"{config['name']} {config['worker']} {index}",
                             model=config.get("model", "nano-banana-fast"),
                         )
-                    except nb.LimiterUnavailableError:
+                    except nb.errors.LimiterUnavailableError:
                         counts["unavailable"] += 1
                         if config.get("retry_unavailable"):
                             await asyncio.sleep(0.2)
