@@ -131,6 +131,8 @@ class RedisLimiter(BaseLimiter):
         self._jobs = 0
         self._idle = asyncio.Event()
         self._closed = False
+        # Slots kept for an uncertain create after its client closed (`release_later`).
+        self._kept: set[str] = set()
 
     def __repr__(self) -> str:
         return (
@@ -232,7 +234,9 @@ class RedisLimiter(BaseLimiter):
                 self._group.cancel_scope.cancel()
             await asyncio.wait([self._host])
         waiting += self._slots.close() if self._slots is not None else []
-        tokens = [*self._keeper.held, *waiting]
+        # A slot kept for an uncertain create lapses in Redis at its lease's end instead.
+        tokens = [token for token in self._keeper.held if token not in self._kept]
+        tokens += waiting
         self._keeper.held.clear()
         if self._store.opened and (tokens or self._keeper.reserved):
             with anyio.move_on_after(5.0):
@@ -267,6 +271,28 @@ class RedisLimiter(BaseLimiter):
             self._keeper.held.pop(lease.token, None)
             return
         await self._slots.release(lease)
+
+    def release_later(self, lease: Lease, seconds: float) -> bool:
+        """Keep *lease* (renewed) for *seconds* more, then give it back; see `BaseLimiter`.
+
+        The limiter's task group does it. A limiter closed before then does not give the slot
+        back early: it lapses in Redis at its lease's end, at most `lease_seconds` later.
+        """
+        if (
+            self._closed
+            or self._group is None
+            or self._slots is None
+            or lease.token not in self._keeper.held
+        ):
+            return False
+        self._kept.add(lease.token)
+        self._group.start_soon(self._release_after, lease, seconds)
+        return True
+
+    async def _release_after(self, lease: Lease, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        self._kept.discard(lease.token)
+        await self.release(lease)
 
     async def renew(self, lease: Lease) -> None:
         """Keep a lease alive: refresh it in Redis when a third of its time has passed.

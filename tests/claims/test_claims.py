@@ -212,15 +212,15 @@ async def test_a_held_slot_stays_held_in_a_shared_limiter_after_its_client_close
     """A client closed during an uncertain create's hold leaves the slot taken until the hold
     ends, so another client of the same Limiter cannot run a second generation meanwhile."""
     limiter = nb.Limiter(max_concurrency=1)
-    # Speed 10: nano-banana's hold is 20 / 10 = 2 s; the emulated generation lasts 10 / 10 = 1 s.
-    async with Emulator(speed=10.0, duration=10.0, credits=None) as emu:
+    # Speed 5: nano-banana's hold is 20 / 5 = 4 s; the emulated generation lasts 10 / 5 = 2 s.
+    async with Emulator(speed=5.0, duration=10.0, credits=None) as emu:
         emu.faults.inject(Fault.drop_after(), endpoint="create", times=1)
-        first = client_for(emu, speed=10.0, limiter=limiter)
+        first = client_for(emu, speed=5.0, limiter=limiter)
         with pytest.raises(nb.SubmitUncertainError):
             await first.submit("lost answer", model="nano-banana")
         await first.aclose()
         assert limiter.in_flight == 1  # the limiter holds the slot for the rest of the hold
-        async with client_for(emu, speed=10.0, limiter=limiter) as second:
+        async with client_for(emu, speed=5.0, limiter=limiter) as second:
             submit = asyncio.ensure_future(second.submit("must wait", model="nano-banana"))
             await wait_for(lambda: limiter._slots.statistics().tasks_waiting == 1)
             assert emu.ledger.creates_received == 1
