@@ -198,5 +198,10 @@ class Claim:
         lease = self.lease
         if lease is not None and left > 0 and self._limiter.release_later(lease, left):
             self.lease = None
+            logger.info(
+                "the client closes while a create whose answer was lost may still run on the "
+                "server: its limiter keeps that slot %.0f s more",
+                left,
+            )
             return
         self._give_back_slot()

@@ -9,14 +9,17 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
+import logging
 import time
 
 import anyio
 import attrs
 
 from ._config import RequestKind
-from ._credits import OpenReservations
+from ._credits import TOLD_WAIT, OpenReservations
 from ._errors import BudgetExceededError, InvalidRequestError
+
+logger = logging.getLogger("nanobanana_async")
 
 
 @attrs.frozen
@@ -185,6 +188,10 @@ class Limiter(BaseLimiter):
             else None
         )
         self._held: set[str] = set()
+        # Slots kept for creates whose answer was lost, after their client closed.
+        self._kept: set[str] = set()
+        # Whether the creates waiting now were told why (once per stretch of waiting).
+        self._told = False
         self._tokens = float(burst)
         self._refilled = time.monotonic()
         self._paused_until = 0.0
@@ -235,10 +242,35 @@ class Limiter(BaseLimiter):
         return self._lease()
 
     async def acquire(self) -> Lease:
-        """Wait for a generation slot and return its lease."""
+        """Wait for a generation slot and return its lease.
+
+        A wait over `TOLD_WAIT` seconds is logged at INFO level, once per stretch of waiting,
+        with what holds the slots.
+        """
         if self._slots is not None:
-            await self._slots.acquire()
+            told = asyncio.get_running_loop().call_later(TOLD_WAIT, self._tell_wait)
+            try:
+                await self._slots.acquire()
+            finally:
+                told.cancel()
         return self._lease()
+
+    def _tell_wait(self) -> None:
+        if self._told or self._slots is None:
+            return
+        self._told = True
+        kept = ""
+        if self._kept:
+            kept = f", {len(self._kept)} of them kept for creates whose answer was lost"
+        logger.info(
+            "%d create(s) wait over %.0f s for a slot of the limiter: %d of %d generation(s) "
+            "in flight%s",
+            self._slots.statistics().tasks_waiting,
+            TOLD_WAIT,
+            len(self._held),
+            self._max_concurrency,
+            kept,
+        )
 
     def _lease(self) -> Lease:
         token = str(next(self._counter))
@@ -268,14 +300,18 @@ class Limiter(BaseLimiter):
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return False
+        self._kept.add(lease.token)
         loop.call_later(max(seconds, 0.0), self._give_back, lease)
         return True
 
     def _give_back(self, lease: Lease) -> None:
         if lease.token in self._held:
             self._held.discard(lease.token)
+            self._kept.discard(lease.token)
             if self._slots is not None:
                 self._slots.release()
+                if self._told and not self._slots.statistics().tasks_waiting:
+                    self._told = False
 
     async def pause(self, seconds: float) -> None:
         """Let no request of this key leave for the next *seconds*."""

@@ -84,12 +84,19 @@ class Slots:
             return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
-                # Granted while we were being cancelled: give it straight back.
-                await self.release(future.result())
+                # Granted while we were being cancelled: the dispatcher gives it back.
+                self.give_back(future.result().token)
             elif self._waiting.pop(token, None) is not None:
                 self._unreleased.append(token)
                 self._wake.set()
             raise
+
+    def give_back(self, token: str) -> None:
+        """Hand a held slot to the dispatcher, which gives it back to Redis soon (no await)."""
+        if self._keeper.held.pop(token, None) is not None:
+            self._unreleased.append(token)
+            del self._unreleased[:-MAX_UNRELEASED]
+            self._wake.set()
 
     async def run(self) -> None:
         """For the limiter's life: ask Redis for slots on behalf of every local waiter."""
@@ -179,8 +186,19 @@ class Slots:
         if self._keeper.held.pop(lease.token, None) is None:
             return
         self._releasing.append(lease.token)
+        try:
+            await self._release_queued(lease.token)
+        except BaseException:
+            if lease.token in self._releasing:
+                # Cancelled while queued behind another release: the dispatcher gives it back.
+                self._releasing.remove(lease.token)
+                self._unreleased.append(lease.token)
+                self._wake.set()
+            raise
+
+    async def _release_queued(self, token: str) -> None:
         async with self._release_lock:
-            if lease.token not in self._releasing:
+            if token not in self._releasing:
                 return  # carried by the request of a release queued before this one
             tokens = [*self._unreleased, *self._releasing]
             self._unreleased, self._releasing = [], []
@@ -191,6 +209,7 @@ class Slots:
                 self._unreleased.extend(tokens)
                 del self._unreleased[:-MAX_UNRELEASED]
                 if not isinstance(exc, Exception):
+                    self._wake.set()  # cancelled on the way: the dispatcher sends them
                     raise
                 logger.warning(
                     "could not release %d slot(s) in Redis at %s (%s); they lapse in %.0f s",

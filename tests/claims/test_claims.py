@@ -208,28 +208,35 @@ async def test_an_uncertain_create_keeps_its_slot() -> None:
         assert client.limiter.in_flight == 1  # type: ignore[attr-defined]
 
 
-async def test_a_held_slot_stays_held_in_a_shared_limiter_after_its_client_closes() -> None:
+async def test_a_held_slot_stays_held_in_a_shared_limiter_after_its_client_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A client closed during an uncertain create's hold leaves the slot taken until the hold
-    ends, so another client of the same Limiter cannot run a second generation meanwhile."""
+    ends, so another client of the same Limiter cannot run a second generation meanwhile; both
+    the hand-over and the other client's long wait say why at INFO."""
+    caplog.set_level(logging.INFO, logger="nanobanana_async")
     limiter = nb.Limiter(max_concurrency=1)
-    # Speed 5: nano-banana's hold is 20 / 5 = 4 s; the emulated generation lasts 10 / 5 = 2 s.
+    # Polls at speed 2.5: nano-banana's hold is 20 / 2.5 = 8 s (a wide window under load); the
+    # emulator at speed 5 runs the lost generation for 10 / 5 = 2 s.
     async with Emulator(speed=5.0, duration=10.0, credits=None) as emu:
         emu.faults.inject(Fault.drop_after(), endpoint="create", times=1)
-        first = client_for(emu, speed=5.0, limiter=limiter)
+        first = client_for(emu, speed=2.5, limiter=limiter)
         with pytest.raises(nb.SubmitUncertainError):
             await first.submit("lost answer", model="nano-banana")
         await first.aclose()
         assert limiter.in_flight == 1  # the limiter holds the slot for the rest of the hold
+        assert "its limiter keeps that slot" in caplog.text
         async with client_for(emu, speed=5.0, limiter=limiter) as second:
             submit = asyncio.ensure_future(second.submit("must wait", model="nano-banana"))
             await wait_for(lambda: limiter._slots.statistics().tasks_waiting == 1)
             assert emu.ledger.creates_received == 1
-            with anyio.fail_after(30):
+            with anyio.fail_after(60):
                 task = await submit  # the hold ends: the slot comes back to the limiter
             assert limiter.in_flight == 1
             await task.wait(timeout=30)
         assert emu.ledger.max_running == 1
         assert limiter.in_flight == 0
+    assert "1 of them kept for creates whose answer was lost" in caplog.text
 
 
 async def test_the_hold_of_an_uncertain_slot_follows_the_model() -> None:

@@ -15,8 +15,10 @@ from nanobanana_async.testing import Emulator, Fault
 
 pytestmark = pytest.mark.anyio
 
-# Speed 5: nano-banana's hold is 20 / 5 = 4 s; the emulated generation lasts 10 / 5 = 2 s.
+# The emulator at speed 5 runs a nano-banana generation for 10 / 5 = 2 s; clients poll at speed
+# 2.5, so an uncertain create's hold is 20 / 2.5 = 8 s (a wide window under load).
 SPEED = 5.0
+POLL_SPEED = 2.5
 
 
 def _name() -> str:
@@ -25,7 +27,7 @@ def _name() -> str:
 
 def _client(emu: Emulator, limiter: nb.RedisLimiter) -> nb.Client:
     return nb.Client(
-        emu.api_key, base_url=emu.base_url, poll=nb.PollPolicy(speed=SPEED), limiter=limiter
+        emu.api_key, base_url=emu.base_url, poll=nb.PollPolicy(speed=POLL_SPEED), limiter=limiter
     )
 
 
@@ -68,16 +70,18 @@ async def test_a_closing_limiter_leaves_a_held_slot_to_lapse(
     try:
         async with Emulator(speed=SPEED, duration=10.0, credits=None) as emu:
             limiter = nb.RedisLimiter(
-                redis_server.url, name=name, max_concurrency=1, lease_seconds=3.0
+                redis_server.url, name=name, max_concurrency=1, lease_seconds=6.0
             )
             async with limiter:
                 await _lose_one_create(emu, limiter)
             assert int(await raw.zcard(leases)) == 1  # closed, and the slot is still taken
             async with nb.RedisLimiter(
-                redis_server.url, name=name, max_concurrency=1, lease_seconds=3.0
+                redis_server.url, name=name, max_concurrency=1, lease_seconds=6.0
             ) as other:
                 waiter = asyncio.ensure_future(other.acquire())
-                await asyncio.sleep(0)
+                # The kept lease has at least 3 s of its 6 left (renewed once 2 s old, checked
+                # every 1 s).
+                await asyncio.wait({waiter}, timeout=1.0)
                 assert not waiter.done()
                 with anyio.fail_after(30):
                     lease = await waiter  # the kept lease lapses (at most lease_seconds)

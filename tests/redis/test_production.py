@@ -459,3 +459,36 @@ async def test_releases_behind_one_on_its_way_go_in_one_request(redis_server: Re
             assert await raw.zcard(leases_key) == 0
     finally:
         await raw.aclose()
+
+
+async def test_a_cancelled_release_still_gives_its_slot_back(redis_server: RedisServer) -> None:
+    """A release cancelled while queued behind another, and one cancelled on its way to Redis,
+    still leave Redis soon (the dispatcher sends them), not after their lease lapses."""
+    name = _name()
+    leases_key = f"nanobanana:{{{name}}}:leases"
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=4, lease_seconds=60.0
+        ) as limiter:
+            leases = [await limiter.acquire() for _ in range(2)]
+            reached, gate, _ = _gate(limiter, "release", leases[0].token)
+            first = asyncio.ensure_future(limiter.release(leases[0]))
+            await asyncio.wait_for(reached.wait(), 30)
+            queued = asyncio.ensure_future(limiter.release(leases[1]))
+            await asyncio.sleep(0)  # it queues behind the first
+            queued.cancel()
+            first.cancel()  # the request on its way is cancelled too (before it is sent)
+            await asyncio.gather(first, queued, return_exceptions=True)
+            assert first.cancelled()
+            assert queued.cancelled()
+            gate.set()
+
+            async def gone() -> bool:
+                return int(await raw.zcard(leases_key)) == 0
+
+            # The leases live 60 s: only the dispatcher's give-back can empty the set this soon.
+            await _until(gone, "the cancelled releases reach Redis")
+            assert limiter.held == 0
+    finally:
+        await raw.aclose()
