@@ -531,8 +531,9 @@ class Gallery:
     index and the pages whose items changed (or are running), so its cost follows what changed,
     not the batch's size, and the memory it keeps per item is a few small numbers, no text.
     Lines that hold no record are read in bounded pieces, skipped and counted (`skipped`, shown
-    on the page); it logs nothing, its batch warns. One-off pages: `write_gallery`. Safe to use
-    from several threads.
+    on the page); an unfinished last line is left for a later write (the batch may be writing it).
+    It logs nothing, its batch warns. One-off pages: `write_gallery`. Safe to use from several
+    threads.
 
     Args:
         out_dir: The batch's output folder (image paths in the page are relative to it).
@@ -601,7 +602,11 @@ class Gallery:
 
     @property
     def skipped(self) -> int:
-        """Journal lines the last `write` found unreadable (torn, garbage, too long) and skipped."""
+        """Journal lines found unreadable (torn, garbage, too long, unknown state) and skipped.
+
+        The count adds up over every `write` since the journal was first read (or replaced), not
+        just the last one. An unfinished last line is not counted: a write waits for its end.
+        """
         return self._skipped
 
     def page_path(self, number: int) -> Path:
@@ -619,8 +624,12 @@ class Gallery:
             InvalidRequestError: If the journal does not exist.
             OSError: If a page cannot be written (the next write tries that page again).
         """
+        return self._update(running=running, finished=False)
+
+    def _update(self, *, running: bool, finished: bool) -> Path:
+        """`write`; if *finished* (no writer left), an unfinished last line is read as it is."""
         with self._lock:
-            fd = self._read()
+            fd = self._read(finished=finished)
             try:
                 self._write(fd, running=running, now=time.time())
             finally:
@@ -629,8 +638,12 @@ class Gallery:
 
     # --- reading the journal ---------------------------------------------------------------------
 
-    def _read(self) -> int:
-        """Read the journal's complete lines added since the last call; return an open fd on it."""
+    def _read(self, *, finished: bool) -> int:
+        """Read the journal's complete lines added since the last call; return an open fd on it.
+
+        If *finished*, an unfinished last line is read too (as a torn line is, by the journal's
+        readers): nothing will finish it. Only a one-off gallery reads so, never read again.
+        """
         try:
             fd = os.open(self._journal, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
@@ -648,12 +661,13 @@ class Gallery:
                         if line is not None
                         else os.pread(fd, 1, at + size - 1) == b"\n"
                     )
-                    if not complete:
+                    if not complete and not finished:
                         break  # a line still being written is read next time
                     record = JournalRecord.from_line(line) if line is not None else None
-                    if record is not None:
+                    if record is not None and record.state in _CODE:
                         self._add(record, at, size)
-                    elif unreadable(line):
+                    elif record is not None or unreadable(line):
+                        # A state this gallery does not know (a newer journal) counts as unreadable.
                         self._skipped += 1
                     at += size
                 self._offset = at
@@ -867,7 +881,8 @@ def write_gallery(
 
     Journal lines that hold no record (torn, garbage, nested too deep, over the journal's line
     limit) are skipped and counted: the page says how many, and a warning on the
-    ``nanobanana_async`` logger too.
+    ``nanobanana_async`` logger too. Unless *running*, that includes an unfinished last line (a
+    record torn by a crash); while running, that line is taken for a record being written.
 
     Args:
         out_dir: The batch's output folder (image paths in the page are relative to it).
@@ -884,7 +899,9 @@ def write_gallery(
         OSError: If a page cannot be written.
     """
     gallery = Gallery(out_dir, journal, refresh=refresh, title=title, page_size=page_size)
-    page = gallery.write(running=running)
+    # A finished journal's unfinished last line (torn by a crash) is read and counted; while the
+    # batch runs, it may be a record being written: it is left for the next write.
+    page = gallery._update(running=running, finished=not running)
     if gallery.skipped:
         logger.warning(
             "journal %s: the gallery skipped %d unreadable line%s (not a record)",

@@ -232,6 +232,36 @@ def test_unreadable_journal_lines_are_skipped(tmp_path: Path) -> None:
     assert card.find(cls="reason").text() == "boom"
 
 
+def test_every_journal_state_has_a_gallery_code_and_view() -> None:
+    """Each state a journal record may hold has a gallery code and a view, running or not."""
+    from nanobanana_async._gallery import _CODE, _FINAL_VIEW, _RUNNING_VIEW
+    from nanobanana_async._journal import STATES
+
+    assert set(_CODE) == set(STATES)
+    assert set(_RUNNING_VIEW) == set(STATES)
+    assert set(_FINAL_VIEW) == set(STATES)
+
+
+def test_a_record_of_a_state_the_gallery_does_not_know_is_skipped_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record whose state the journal accepts but the gallery lacks is counted as skipped."""
+    from nanobanana_async import _journal
+
+    monkeypatch.setattr(_journal, "STATES", _journal.STATES | {"queued"})
+    good = {"key": "k1", "position": 0, "state": "failed", "prompt": "fine", "error": "boom"}
+    newer = {"key": "k2", "position": 1, "state": "queued", "prompt": "later"}
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in (good, newer)))
+    assert _journal.JournalRecord.from_line(journal.read_bytes().splitlines()[1]) is not None
+    gallery = nb.gallery.Gallery(tmp_path)
+    page = gallery.write()
+    assert gallery.skipped == 1
+    (card,) = cards(parse_page(page))
+    assert card.find(cls="prompt").text() == "fine"
+    assert "1 unreadable journal line skipped" in page.read_text(encoding="utf-8")
+
+
 def test_a_missing_journal_or_a_bad_refresh_is_a_clear_error(tmp_path: Path) -> None:
     """Rendering without a journal, or with a refresh that is not positive, names the field."""
     with pytest.raises(nb.InvalidRequestError, match="journal") as missing:

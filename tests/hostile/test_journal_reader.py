@@ -140,3 +140,26 @@ def test_the_gallery_counts_the_lines_it_skips_and_waits_for_a_long_line_being_w
         write_gallery(tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("skipped 6 unreadable lines" in message for message in warnings), warnings
+
+
+def test_write_gallery_counts_and_warns_a_torn_last_line_a_live_gallery_waits_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A finished journal's torn last line is counted and warned by `write_gallery` only."""
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(GOOD.to_line() + b'{"key": "k-torn", "position": 1, "sta')  # a crash
+    live = Gallery(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="nanobanana_async"):
+        live.write(running=True)
+        live.write()
+        assert live.skipped == 0  # a live batch's gallery waits: the line may be being written
+        assert not caplog.records
+        write_gallery(tmp_path, running=True)
+        assert not caplog.records
+        page = write_gallery(tmp_path)
+    text = page.read_text(encoding="utf-8")
+    assert "1 unreadable journal line skipped" in text
+    assert "a cat" in text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("skipped 1 unreadable line " in message for message in warnings), warnings
+    assert scan_journal(journal).skipped == 1  # the same count as the journal's own reader
