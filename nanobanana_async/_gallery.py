@@ -613,21 +613,20 @@ class Gallery:
         """Where page *number* (1 for input positions 0 to `page_size` - 1) is written."""
         return self._out_dir / _page_name(number)
 
-    def write(self, *, running: bool = False) -> Path:
+    def write(self, *, running: bool = False, finished: bool = False) -> Path:
         """Render the gallery from the journal and replace what changed atomically; return its path.
 
         Args:
             running: Whether the batch still runs: the pages then reload themselves, and items in
                 flight show as running rather than as unfinished or uncertain.
+            finished: Whether nothing appends to the journal any more: an unfinished last line
+                is then read as it is (counted in `skipped` if torn) instead of left for a later
+                write.
 
         Raises:
             InvalidRequestError: If the journal does not exist.
             OSError: If a page cannot be written (the next write tries that page again).
         """
-        return self._update(running=running, finished=False)
-
-    def _update(self, *, running: bool, finished: bool) -> Path:
-        """`write`; if *finished* (no writer left), an unfinished last line is read as it is."""
         with self._lock:
             fd = self._read(finished=finished)
             try:
@@ -901,7 +900,7 @@ def write_gallery(
     gallery = Gallery(out_dir, journal, refresh=refresh, title=title, page_size=page_size)
     # A finished journal's unfinished last line (torn by a crash) is read and counted; while the
     # batch runs, it may be a record being written: it is left for the next write.
-    page = gallery._update(running=running, finished=not running)
+    page = gallery.write(running=running, finished=not running)
     if gallery.skipped:
         logger.warning(
             "journal %s: the gallery skipped %d unreadable line%s (not a record)",
