@@ -1,26 +1,6 @@
-"""The error tree; every exception this library raises is a `NanoBananaError`.
+"""The error classes; every exception this library raises is a `NanoBananaError`.
 
-```
-NanoBananaError
-├── InvalidRequestError (also ValueError)   bad input caught before any request; nothing sent
-├── ClientStateError (also RuntimeError)    the client is closed, or used from another event loop
-│   └── ClientClosedError
-├── TransportError                          network failure, after retries
-├── ProtocolError                           a body we cannot read; carries an excerpt
-│   └── DownloadError                       a result URL answered something not an image
-├── SubmitUncertainError                    a create may have reached the server
-├── BudgetExceededError                     a submit would pass the credit budget; nothing sent
-├── SubmitAbandonedError                    a create was given up before it was sent; nothing sent
-├── LimiterUnavailableError                 a shared limiter's store cannot be reached; nothing sent
-├── APIStatusError (.status, .body)
-│   ├── BadRequestError 400   ├── AuthenticationError 401   ├── InsufficientCreditsError 402
-│   ├── PermissionDeniedError 403   ├── NotFoundError 404
-│   ├── RateLimitError 429 (.retry_after)   └── ServerError 5xx
-└── TaskError (.task_id)
-    ├── SubmitHookError (.task)              an on_created hook failed; the task is tracked
-    ├── TaskFailedError (.snapshot, .failure_reason)
-    └── TaskTimeoutError (also TimeoutError)
-```
+The tree, and what each error means, is drawn in the public module `nanobanana_async.errors`.
 """
 
 from __future__ import annotations

@@ -733,14 +733,7 @@ class Gallery:
                 page.dirty = True
         if not paged:
             first = self._pages.get(0)
-            head = _header(
-                self._tally(),
-                title=title,
-                running=running,
-                refresh=self._refresh,
-                now=now,
-                skipped=self._skipped,
-            )
+            head = self._head(title, running=running, now=now)
             body = self._cards_of(fd, 0, running=running, now=now)
             if not body:
                 body = ['<p class="empty">No items yet.</p>']
@@ -788,8 +781,8 @@ class Gallery:
         total.first, total.last = self._times.first, self._times.last
         return total
 
-    def _index(self, title: str, *, running: bool, now: float) -> str:
-        head = _header(
+    def _head(self, title: str, *, running: bool, now: float) -> list[str]:
+        return _header(
             self._tally(),
             title=title,
             running=running,
@@ -797,6 +790,9 @@ class Gallery:
             now=now,
             skipped=self._skipped,
         )
+
+    def _index(self, title: str, *, running: bool, now: float) -> str:
+        head = self._head(title, running=running, now=now)
         view = _RUNNING_VIEW if running else _FINAL_VIEW
         rows = []
         for number in sorted(self._pages):
