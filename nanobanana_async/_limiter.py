@@ -247,16 +247,22 @@ class Limiter(BaseLimiter):
         A wait over `TOLD_WAIT` seconds is logged at INFO level, once per stretch of waiting,
         with what holds the slots.
         """
-        if self._slots is not None:
-            told = asyncio.get_running_loop().call_later(TOLD_WAIT, self._tell_wait)
-            try:
-                await self._slots.acquire()
-            finally:
-                told.cancel()
+        slots = self._slots
+        if slots is not None:
+            if slots.value and not slots.statistics().tasks_waiting:
+                await slots.acquire()  # a free slot: no wait to tell of
+            else:
+                told = asyncio.get_running_loop().call_later(TOLD_WAIT, self._tell_wait)
+                try:
+                    await slots.acquire()
+                finally:
+                    told.cancel()
+                    if not slots.statistics().tasks_waiting:
+                        self._told = False
         return self._lease()
 
     def _tell_wait(self) -> None:
-        if self._told or self._slots is None:
+        if self._told or self._slots is None or not self._slots.statistics().tasks_waiting:
             return
         self._told = True
         kept = ""

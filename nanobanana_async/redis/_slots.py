@@ -173,9 +173,13 @@ class Slots:
         tokens, self._unreleased = self._unreleased, []
         try:
             await self._store.run("release", [self._store.channel, "", *tokens])
-        except Exception:
+        except BaseException as exc:
+            # Kept for the next flush, or for the limiter's closing (a release sent twice is
+            # harmless). Given back after the limiter closed, a slot lapses on its own.
             self._unreleased.extend(tokens)
             del self._unreleased[:-MAX_UNRELEASED]
+            if not isinstance(exc, Exception):
+                raise
 
     async def release(self, lease: Lease) -> None:
         """Give a slot back and wake the waiters; never raises (an unreachable slot lapses).

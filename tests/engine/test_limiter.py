@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import anyio
 import anyio.lowlevel
@@ -205,3 +206,31 @@ async def test_acquire_and_reserve_nowait_never_jump_the_queue_or_the_budget() -
 
     assert Counted().acquire_nowait() is None
     assert Counted().reserve_nowait(1) is False
+
+
+async def test_each_stretch_of_waiting_for_a_slot_is_told_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wait for a Limiter slot past TOLD_WAIT is logged at INFO once per stretch of waiting,
+    again after the last waiter gave up, and a free slot logs nothing."""
+    import nanobanana_async._limiter as limiter_module
+
+    monkeypatch.setattr(limiter_module, "TOLD_WAIT", 0.05)
+    caplog.set_level(logging.INFO, logger="nanobanana_async")
+
+    def told() -> int:
+        return sum("wait over" in record.getMessage() for record in caplog.records)
+
+    limiter = nb.Limiter(max_concurrency=1)
+    lease = await limiter.acquire()  # free: nothing to tell
+    assert told() == 0
+    for stretch in (1, 2):
+        waiters = [asyncio.ensure_future(limiter.acquire()) for _ in range(2)]
+        await wait_for(lambda stretch=stretch: told() == stretch)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        assert told() == stretch  # one line for the two waiters of this stretch
+    assert "2 create(s) wait over 0 s for a slot of the limiter: 1 of 1" in caplog.text
+    await limiter.release(lease)
+    assert limiter.in_flight == 0

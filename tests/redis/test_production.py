@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import anyio
 import pytest
 import redis.asyncio
 import redis.exceptions
@@ -490,5 +491,40 @@ async def test_a_cancelled_release_still_gives_its_slot_back(redis_server: Redis
             # The leases live 60 s: only the dispatcher's give-back can empty the set this soon.
             await _until(gone, "the cancelled releases reach Redis")
             assert limiter.held == 0
+    finally:
+        await raw.aclose()
+
+
+async def test_a_give_back_cut_short_by_close_is_sent_at_close(redis_server: RedisServer) -> None:
+    """A slot the dispatcher was giving back when the limiter closed is given back by the close,
+    not left to lapse."""
+    name = _name()
+    leases_key = f"nanobanana:{{{name}}}:leases"
+    raw = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        limiter = nb.RedisLimiter(
+            redis_server.url, name=name, max_concurrency=4, lease_seconds=60.0
+        )
+        async with limiter:
+            lease = await limiter.acquire()
+            store = limiter._store
+            original = store.run
+            sending = asyncio.Event()
+
+            async def run(script: str, args: Any, keys: Any = None) -> Any:
+                if script == "release" and args[1] == "":  # a release or the dispatcher's
+                    sending.set()
+                    await anyio.sleep_forever()
+                return await original(script, args, keys)
+
+            store.run = run  # type: ignore[method-assign]
+            release = asyncio.ensure_future(limiter.release(lease))
+            await asyncio.wait_for(sending.wait(), 30)
+            sending.clear()
+            release.cancel()  # cancelled on its way: the dispatcher takes the slot over
+            await asyncio.gather(release, return_exceptions=True)
+            await asyncio.wait_for(sending.wait(), 30)  # the dispatcher's send is under way
+        # The close (its own request) carried the slot the dispatcher could not finish.
+        assert int(await raw.zcard(leases_key)) == 0
     finally:
         await raw.aclose()
