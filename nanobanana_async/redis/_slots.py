@@ -4,6 +4,7 @@ arrival order, the give-backs, and the line that tells why creates wait."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -94,9 +95,13 @@ class Slots:
     def give_back(self, token: str) -> None:
         """Hand a held slot to the dispatcher, which gives it back to Redis soon (no await)."""
         if self._keeper.held.pop(token, None) is not None:
-            self._unreleased.append(token)
-            del self._unreleased[:-MAX_UNRELEASED]
+            self._keep([token])
             self._wake.set()
+
+    def _keep(self, tokens: list[str]) -> None:
+        # Slots and places to remove from Redis later: by the dispatcher, or at close.
+        self._unreleased.extend(tokens)
+        del self._unreleased[:-MAX_UNRELEASED]
 
     async def run(self) -> None:
         """For the limiter's life: ask Redis for slots on behalf of every local waiter."""
@@ -126,8 +131,7 @@ class Slots:
                 if not waiter.future.done():
                     waiter.future.set_exception(error)
             # Their places in the queue (and any slot granted unseen) go when Redis is back.
-            self._unreleased.extend(self._waiting)
-            del self._unreleased[:-MAX_UNRELEASED]
+            self._keep(list(self._waiting))
             self._waiting.clear()
             return
         next_ms, why, in_flight, pause_ms = int(answer[1]), answer[2], int(answer[3]), answer[4]
@@ -169,17 +173,20 @@ class Slots:
             reason,
         )
 
-    async def _flush(self) -> None:
-        tokens, self._unreleased = self._unreleased, []
+    async def _send(self, tokens: list[str]) -> None:
+        # Remove *tokens* from Redis; on any failure, cancellation included, they are kept for
+        # the next send or the closing (a release sent twice is harmless), and it re-raises.
         try:
             await self._store.run("release", [self._store.channel, "", *tokens])
-        except BaseException as exc:
-            # Kept for the next flush, or for the limiter's closing (a release sent twice is
-            # harmless). Given back after the limiter closed, a slot lapses on its own.
-            self._unreleased.extend(tokens)
-            del self._unreleased[:-MAX_UNRELEASED]
-            if not isinstance(exc, Exception):
-                raise
+        except BaseException:
+            self._keep(tokens)
+            raise
+
+    async def _flush(self) -> None:
+        tokens, self._unreleased = self._unreleased, []
+        # Given back after the limiter closed, a slot lapses on its own.
+        with contextlib.suppress(Exception):
+            await self._send(tokens)
 
     async def release(self, lease: Lease) -> None:
         """Give a slot back and wake the waiters; never raises (an unreachable slot lapses).
@@ -193,11 +200,12 @@ class Slots:
         try:
             await self._release_queued(lease.token)
         except BaseException:
+            # Cancelled while queued behind another release, or on the way (`_send` kept the
+            # slots then): the dispatcher gives them back.
             if lease.token in self._releasing:
-                # Cancelled while queued behind another release: the dispatcher gives it back.
                 self._releasing.remove(lease.token)
-                self._unreleased.append(lease.token)
-                self._wake.set()
+                self._keep([lease.token])
+            self._wake.set()
             raise
 
     async def _release_queued(self, token: str) -> None:
@@ -207,14 +215,9 @@ class Slots:
             tokens = [*self._unreleased, *self._releasing]
             self._unreleased, self._releasing = [], []
             try:
-                await self._store.run("release", [self._store.channel, "", *tokens])
-            except BaseException as exc:
-                # Given back at the next release that reaches Redis, else it lapses on its own.
-                self._unreleased.extend(tokens)
-                del self._unreleased[:-MAX_UNRELEASED]
-                if not isinstance(exc, Exception):
-                    self._wake.set()  # cancelled on the way: the dispatcher sends them
-                    raise
+                await self._send(tokens)
+            except Exception as exc:
+                # Given back at the next release that reaches Redis, else they lapse on their own.
                 logger.warning(
                     "could not release %d slot(s) in Redis at %s (%s); they lapse in %.0f s",
                     len(tokens),
