@@ -15,13 +15,11 @@ from typing import Any
 
 import anyio
 
+from .._credits import TOLD_WAIT
 from .._errors import BudgetExceededError, ClientClosedError, LimiterUnavailableError
 from ._keeper import Keeper
 
 logger = logging.getLogger("nanobanana_async.redis")
-
-#: A wait longer than this is told at INFO level, with its reason (seconds).
-TOLD_WAIT = 2.0
 
 
 class Budget:

@@ -13,9 +13,9 @@ import time
 import anyio
 
 from .._config import RequestKind
+from .._credits import TOLD_WAIT
 from .._errors import ClientClosedError, LimiterUnavailableError
 from .._limiter import Limiter
-from ._budget import TOLD_WAIT
 from ._keeper import Keeper
 
 logger = logging.getLogger("nanobanana_async.redis")

@@ -11,9 +11,9 @@ import time
 
 import anyio
 
+from .._credits import TOLD_WAIT
 from .._errors import ClientClosedError, LimiterUnavailableError
 from .._limiter import Lease
-from ._budget import TOLD_WAIT
 from ._keeper import Keeper
 from ._pace import Pace
 
